@@ -1,0 +1,37 @@
+#!/bin/sh
+# Installs what the agent (and, with "test", its test suite) needs on a fresh Debian/Ubuntu
+# machine: python3-venv and mosquitto from apt when missing (only as root with apt-get), a
+# virtualenv in .venv, and the project in it. Safe to run again: it only adds what is missing.
+set -eu
+cd "$(dirname "$0")/.."
+want_tests=${1:-}
+
+have() { command -v "$1" >/dev/null 2>&1; }
+as_root() { [ "$(id -u)" = 0 ]; }
+apt_install() {
+    if as_root && have apt-get; then
+        echo "bootstrap: apt-get install $*" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    else
+        echo "bootstrap: please install: $* (apt-get needs root)" >&2
+        return 1
+    fi
+}
+
+PY=${PYTHON:-python3}
+have "$PY" || apt_install python3
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv 2>/dev/null || { apt_install python3-venv && "$PY" -m venv .venv; }
+fi
+if ! have mosquitto && [ ! -x /usr/sbin/mosquitto ]; then
+    apt_install mosquitto mosquitto-clients || echo "bootstrap: continuing without mosquitto" >&2
+fi
+if [ "$want_tests" = "test" ] && ! have mosquitto_passwd; then
+    apt_install mosquitto-clients || true
+fi
+extras=""
+[ "$want_tests" = "test" ] && extras="[test]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras" 2>&1 \
+    | grep -v -e "is ignored: it is neither a file nor a directory" >&2 || true
+.venv/bin/python -c "import agent, aiomqtt, psutil, structlog" 

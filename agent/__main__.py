@@ -1,0 +1,3 @@
+from agent import cli
+
+raise SystemExit(cli.main())

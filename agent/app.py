@@ -1,0 +1,134 @@
+"""Wiring: build the components, run them as named root tasks, shut down within a bound.
+
+Contract of the root tasks (kopf's): they run forever; if one ends or crashes, the agent stops
+with a non-zero exit so the service manager restarts it. SIGTERM/SIGINT set a flag; the
+stop-watcher publishes a clean offline and ends the group. A second signal forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from agent import __version__, endpoint
+from agent.backends import select
+from agent.config import Settings
+from agent.logs import get_logger
+from agent.metrics import Metrics
+from agent.monitor import HealthMonitor
+from agent.state import AgentState, LinkView
+from agent.topics import Topics
+from agent.transport import Link
+
+log = get_logger(__name__)
+
+# The link gets this long to publish `offline` and disconnect after a stop request.
+LINK_STOP_TIMEOUT_S = 5.0
+EXIT_FORCED = 130
+
+
+class GracefulExit(Exception):
+    """Raised by the stop-watcher to end the task group after a clean shutdown."""
+
+
+class TaskEnded(Exception):
+    """An eternal root task returned: a bug, so the agent stops and is restarted."""
+
+
+class Agent:
+    """The assembled components, kept on one object so tests can drive them in-process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.mqtt.prefix, settings.node.cluster, settings.node.name)
+        self.state = AgentState()
+        self.metrics = Metrics(self.state)
+        self.link = Link(
+            settings.mqtt,
+            self.topics,
+            state_dir=Path(settings.state.dir),
+            agent_version=__version__,
+        )
+        self.stop_requested = asyncio.Event()
+        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.state.link = self._link_view
+        self.state.tasks_alive = self._dead_tasks
+
+    def _link_view(self) -> LinkView:
+        link = self.link
+        return LinkView(
+            connected=link.connected,
+            session=link.session,
+            published_total=link.published_total,
+            reconnects_total=link.reconnects_total,
+            outbox_size=link.outbox_size,
+            last_error=link.last_error,
+        )
+
+    def _dead_tasks(self) -> list[str]:
+        return [name for name, task in self.tasks.items() if task.done()]
+
+    async def run(self) -> None:
+        """Run until `stop_requested` is set; raises on a task failure."""
+        backend = await select.choose(self.settings.microk8s)
+        log.info("backend_selected", backend=backend.name, node=self.settings.node.name)
+        monitor = HealthMonitor(
+            self.settings, backend=backend, link=self.link, state=self.state, metrics=self.metrics
+        )
+        self.link.on_connect(monitor.on_connect)
+        roots: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+            "mqtt-link": self.link.run,
+            "health-monitor": monitor.run,
+            "microk8s-facts": monitor.run_facts,
+        }
+        if self.settings.http.enabled:
+            roots["http-endpoint"] = lambda: endpoint.serve(self.settings, self.state, self.metrics)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for name, factory in roots.items():
+                    self.tasks[name] = group.create_task(_eternal(name, factory(), self), name=name)
+                group.create_task(self._stop_watcher(), name="stop-watcher")
+        except* GracefulExit:
+            log.info("agent_stopped", node=self.settings.node.name)
+
+    async def _stop_watcher(self) -> None:
+        await self.stop_requested.wait()
+        log.info("shutdown_requested", node=self.settings.node.name)
+        self.link.stop()
+        link_task = self.tasks.get("mqtt-link")
+        if link_task is not None:
+            done, _ = await asyncio.wait({link_task}, timeout=LINK_STOP_TIMEOUT_S)
+            if not done:
+                log.warning("link_stop_timed_out", timeout_s=LINK_STOP_TIMEOUT_S)
+        raise GracefulExit
+
+
+async def _eternal(name: str, coro: Awaitable[None], agent: Agent) -> None:
+    await coro
+    if name == "mqtt-link" and agent.stop_requested.is_set():
+        return
+    raise TaskEnded(f"root task {name!r} ended unexpectedly")
+
+
+def install_signal_handlers(agent: Agent) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if agent.stop_requested.is_set():
+            log.warning("shutdown_forced", signal=signal.Signals(signum).name)
+            os._exit(EXIT_FORCED)
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        agent.stop_requested.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+async def main(settings: Settings) -> None:
+    agent = Agent(settings)
+    install_signal_handlers(agent)
+    await agent.run()

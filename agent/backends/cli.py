@@ -1,0 +1,250 @@
+"""Backend that execs the `microk8s` and `snap` commands, for classic hosts and development.
+
+A strictly confined agent cannot use it (MICROK8S.md §4.2); on a classic host it is the most
+direct path and mirrors what an operator would type. Every call goes through `process.run`, so
+there is never a shell, always a deadline and a bounded output. Arguments are validated by the
+caller (the executors); this module only builds argv lists from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shlex
+import shutil
+from collections.abc import Iterable, Sequence
+from typing import TypeAlias
+
+from agent import process
+from agent.backends.base import Outcome, Progress
+from agent.errors import BackendError, CommandTimedOut, ProcessError
+from agent.microk8s_status import (
+    NOT_INSTALLED,
+    MicroK8sFacts,
+    parse_node_ready,
+    parse_refresh,
+    parse_snap_list,
+    parse_status,
+    parse_version,
+    with_error,
+)
+from agent.secrets import join_url_secrets, mask_join_urls, mask_secrets
+
+OUTPUT_TAIL_BYTES = 4096
+"""Output carried in an Outcome (PROTOCOL: at most 4 KiB)."""
+
+KUBECTL_MARGIN_S = 15.0
+"""kubectl drain's own --timeout ends this much before our deadline, so it reports what blocked."""
+
+ADDON_ACTIONS = frozenset({"enable", "disable"})
+
+_Result: TypeAlias = process.Completed | ProcessError | CommandTimedOut
+
+
+async def probe_cli(path: str) -> bool:
+    """True when `path` (a name looked up on PATH, or a path) is an executable file."""
+    return shutil.which(path) is not None
+
+
+class CliBackend:
+    """Reaches MicroK8s by running its CLI (`microk8s ...`, `snap ...`)."""
+
+    name: str = "cli"
+
+    def __init__(
+        self,
+        microk8s: str,
+        snap: str,
+        *,
+        timeout_s: float,
+        status_timeout_s: float,
+        drain_timeout_s: float | None = None,
+    ) -> None:
+        """Args:
+        microk8s: the microk8s executable (name on PATH or path).
+        snap: the snap executable.
+        timeout_s: deadline of each mutating command.
+        status_timeout_s: deadline of each query (`status` can hang while quorum is lost).
+        drain_timeout_s: kubectl drain's own timeout; default (and at most) timeout_s minus
+            KUBECTL_MARGIN_S.
+        """
+        self._microk8s = microk8s
+        self._snap = snap
+        self._timeout_s = timeout_s
+        self._status_timeout_s = status_timeout_s
+        self._drain_timeout_s = drain_timeout_s
+
+    # --- queries --------------------------------------------------------------------------
+
+    async def facts(self) -> MicroK8sFacts:
+        """Status, version and snap channel, asked concurrently; never raises."""
+        status, version, snap_list = await asyncio.gather(
+            self._query([self._microk8s, "status", "--format", "yaml"]),
+            self._query([self._microk8s, "version"]),
+            self._query([self._snap, "list", "microk8s"]),
+        )
+        return _combine(_status_facts(status), version, snap_list)
+
+    async def version(self) -> tuple[str | None, str | None]:
+        """(version, revision) from `microk8s version`.
+
+        Raises:
+            BackendError: the command could not run, timed out or failed.
+        """
+        result = await self._query([self._microk8s, "version"])
+        if not isinstance(result, process.Completed) or result.exit_code != 0:
+            raise BackendError(
+                f"microk8s version: {_why(result)}", kind=_kind(result), output=_output(result)
+            )
+        return parse_version(result.output)
+
+    async def node_ready(self, node: str) -> tuple[bool | None, str | None]:
+        """(Ready, kubelet version) via `microk8s kubectl get node`; (None, None) when unknown.
+
+        Raises:
+            BackendError: microk8s cannot be run at all.
+        """
+        result = await self._query([self._microk8s, "kubectl", "get", "node", node, "-o", "json"])
+        if isinstance(result, ProcessError):
+            raise BackendError(str(result), kind="process")
+        if isinstance(result, CommandTimedOut) or result.exit_code != 0:
+            return None, None
+        return parse_node_ready(result.output)
+
+    async def _query(self, argv: Sequence[str]) -> _Result:
+        """Run a read-only command; expected failures come back as values, not exceptions."""
+        try:
+            return await process.run(argv, timeout_s=self._status_timeout_s)
+        except (ProcessError, CommandTimedOut) as exc:
+            return exc
+
+    # --- mutations ------------------------------------------------------------------------
+
+    async def join(self, url: str, *, worker: bool, progress: Progress) -> Outcome:
+        argv = [self._microk8s, "join", url, *(["--worker"] if worker else [])]
+        return await self._act(argv, progress=progress, secrets=join_url_secrets(url))
+
+    async def addon(
+        self, name: str, action: str, args: Sequence[str], *, progress: Progress
+    ) -> Outcome:
+        if action not in ADDON_ACTIONS:
+            raise ValueError(f"addon action must be enable or disable, not {action!r}")
+        return await self._act([self._microk8s, action, name, *args], progress=progress)
+
+    async def refresh(self, channel: str, *, progress: Progress) -> Outcome:
+        argv = [self._snap, "refresh", "microk8s", f"--channel={channel}"]
+        outcome = await self._act(argv, progress=progress)
+        if not outcome.ok:
+            return outcome
+        _, version = parse_refresh(outcome.output)
+        return dataclasses.replace(outcome, result={"channel": channel, "version": version})
+
+    async def cordon(self, node: str, *, progress: Progress) -> Outcome:
+        return await self._act([self._microk8s, "kubectl", "cordon", node], progress=progress)
+
+    async def drain(self, node: str, *, progress: Progress) -> Outcome:
+        argv = [
+            self._microk8s,
+            "kubectl",
+            "drain",
+            node,
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            f"--timeout={self._kubectl_drain_timeout()}s",
+        ]
+        return await self._act(argv, progress=progress)
+
+    async def uncordon(self, node: str, *, progress: Progress) -> Outcome:
+        return await self._act([self._microk8s, "kubectl", "uncordon", node], progress=progress)
+
+    def _kubectl_drain_timeout(self) -> int:
+        limit = self._timeout_s - KUBECTL_MARGIN_S
+        wanted = limit if self._drain_timeout_s is None else min(self._drain_timeout_s, limit)
+        return max(1, int(wanted))
+
+    async def _act(
+        self, argv: Sequence[str], *, progress: Progress, secrets: Iterable[str] = ()
+    ) -> Outcome:
+        """Run a mutating command and turn whatever happens into an Outcome with masked output."""
+        hidden = tuple(secrets)
+
+        def mask(text: str) -> str:
+            return mask_join_urls(mask_secrets(text, hidden))
+
+        await progress(f"running {mask(shlex.join(argv))}")
+        try:
+            done = await process.run(argv, timeout_s=self._timeout_s)
+        except ProcessError as exc:
+            return Outcome(ok=False, exit_code=None, output="", error=mask(str(exc)))
+        except CommandTimedOut as exc:
+            output = process.tail(mask(exc.output), OUTPUT_TAIL_BYTES)
+            error = f"timed out after {exc.limit_s:g} s"
+            return Outcome(ok=False, exit_code=None, output=output, error=error, timed_out=True)
+        output = process.tail(mask(done.output), OUTPUT_TAIL_BYTES)
+        if done.exit_code != 0:
+            error = _exit_error(done.exit_code, output)
+            return Outcome(ok=False, exit_code=done.exit_code, output=output, error=error)
+        return Outcome(ok=True, exit_code=0, output=output, error=None)
+
+
+def _status_facts(status: _Result) -> MicroK8sFacts:
+    if isinstance(status, ProcessError):
+        return dataclasses.replace(NOT_INSTALLED, error=str(status))
+    if isinstance(status, CommandTimedOut):
+        error = f"microk8s status timed out after {status.limit_s:g} s"
+        return MicroK8sFacts(installed=True, running=None, error=error)
+    return parse_status(status.output, status.exit_code)
+
+
+def _combine(facts: MicroK8sFacts, version: _Result, snap_list: _Result) -> MicroK8sFacts:
+    """Fill version and channel in; `microk8s version` first, `snap list` as the fallback.
+
+    snapd knowing the snap proves it is installed even when the microk8s command cannot run.
+    """
+    ver, rev = (None, None)
+    if isinstance(version, process.Completed) and version.exit_code == 0:
+        ver, rev = parse_version(version.output)
+    snap = None
+    if isinstance(snap_list, process.Completed) and snap_list.exit_code == 0:
+        snap = parse_snap_list(snap_list.output)
+    if snap is not None:
+        ver, rev = ver or snap["version"], rev or snap["revision"]
+        facts = dataclasses.replace(facts, channel=snap["channel"], confinement=snap["confinement"])
+        if not facts.installed:
+            facts = dataclasses.replace(facts, installed=True, running=None)
+    facts = dataclasses.replace(facts, version=ver, revision=rev)
+    if facts.installed and snap is None:
+        facts = with_error(facts, f"channel unknown: snap list microk8s: {_why(snap_list)}")
+    return facts
+
+
+def _why(result: _Result) -> str:
+    """One line saying how a command went wrong (or that its output was unreadable)."""
+    if isinstance(result, ProcessError):
+        return str(result)
+    if isinstance(result, CommandTimedOut):
+        return f"timed out after {result.limit_s:g} s"
+    if result.exit_code != 0:
+        return _exit_error(result.exit_code, result.output)
+    return "unreadable output"
+
+
+def _kind(result: _Result) -> str:
+    if isinstance(result, ProcessError):
+        return "process"
+    if isinstance(result, CommandTimedOut):
+        return "timeout"
+    return "exit"
+
+
+def _output(result: _Result) -> str:
+    if isinstance(result, ProcessError):
+        return ""
+    return process.tail(result.output, OUTPUT_TAIL_BYTES)
+
+
+def _exit_error(exit_code: int, output: str) -> str:
+    """`exit code N: <last line>`; MicroK8s puts the reason on the last line (or a traceback's)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    head = f"killed by signal {-exit_code}" if exit_code < 0 else f"exit code {exit_code}"
+    return f"{head}: {lines[-1][:300]}" if lines else head

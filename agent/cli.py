@@ -1,0 +1,122 @@
+"""Command line: argv and environment -> settings -> logging -> run; outcomes -> exit codes.
+
+Exit codes: 0 clean stop, 1 crash (the service manager restarts us), 2 bad configuration,
+3 start-up failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from agent import __version__, config, logs
+from agent.errors import AgentError, ConfigError
+
+EXIT_OK = 0
+EXIT_CRASH = 1
+EXIT_CONFIG = 2
+EXIT_STARTUP = 3
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=os.environ.get("EDGE_AGENT_CONFIG"),
+        help="TOML configuration file (default: $EDGE_AGENT_CONFIG, else built-in defaults)",
+    )
+
+
+def _load(args: argparse.Namespace) -> config.Settings:
+    return config.load(args.config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(config.to_toml(config.as_dict(settings)), end="")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(args.log_level or settings.log.level, args.log_format or settings.log.format)
+    log = logs.get_logger("agent.cli")
+    from agent import app, devbroker
+
+    broker = None
+    try:
+        if args.private_broker:
+            broker = devbroker.ensure(settings.mqtt.host, settings.mqtt.port)
+            devbroker.print_hints(settings)
+        asyncio.run(app.main(settings))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except AgentError as exc:
+        log.error("startup_failed", error=str(exc))
+        return EXIT_STARTUP
+    except BaseExceptionGroup as group:
+        for failure in group.exceptions:
+            log.error(
+                "agent_crashed", error=f"{type(failure).__name__}: {failure}", exc_info=failure
+            )
+        return EXIT_CRASH
+    finally:
+        if broker is not None:
+            broker.stop()
+    return EXIT_OK
+
+
+def build_parser(
+    extra: Sequence[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = (),
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description="MicroK8s edge node agent")
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent (default)")
+    _add_config_arg(run)
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-format", choices=["auto", "json", "console"])
+    run.add_argument(
+        "--private-broker",
+        action="store_true",
+        help="lab use: start a private mosquitto when nothing listens on mqtt.host:port",
+    )
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="print the effective configuration; exit 0 or 2")
+    _add_config_arg(check)
+    check.set_defaults(func=cmd_check_config)
+    for add in extra:
+        add(sub)
+    return parser
+
+
+def _extra_commands() -> list[
+    Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
+]:
+    """Subcommands that live in their own modules (operator tools, snap hook)."""
+    adders: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
+    return adders
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser(_extra_commands())
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["run", *(argv if argv is not None else sys.argv[1:])])
+    func: Command = args.func
+    return func(args)

@@ -1,0 +1,496 @@
+"""Settings: TOML file, then `EDGE_AGENT_<SECTION>_<KEY>` environment overrides, then validation.
+
+Every problem is collected before failing, so an operator fixes a file in one pass. The schema
+(sections, keys, types, defaults) is declared once, as frozen dataclasses; the TOML reader, the
+environment reader, `check-config` and the snap configure hook all derive from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import socket
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigError
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+ENV_PREFIX = "EDGE_AGENT_"
+# Environment variables that are not settings (so they are not reported as unknown keys).
+ENV_NOT_SETTINGS = frozenset({"EDGE_AGENT_CONFIG"})
+SECRET_KEYS = frozenset({("mqtt", "password_file"), ("mqtt", "key_file")})
+
+
+def default_node_name() -> str:
+    """The host name, lowercased, first label only (a FQDN is not a valid node name)."""
+    return socket.gethostname().split(".")[0].lower()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeSettings:
+    name: str = dataclasses.field(default_factory=default_node_name)
+    cluster: str = "default"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    prefix: str = "microk8s"
+    keepalive_s: int = 30
+    username: str = ""
+    password_file: str = ""
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    protocol: int = 5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HealthSettings:
+    interval_s: float = 10.0
+    qos: int = 1
+    temperature_warn_c: float = 75.0
+    temperature_crit_c: float = 85.0
+    disk_warn_percent: float = 85.0
+    disk_crit_percent: float = 95.0
+    memory_warn_percent: float = 90.0
+    memory_crit_percent: float = 97.0
+    disk_paths: tuple[str, ...] = ("/",)
+    # Where the Raspberry Pi files live; tests point it at a fixture tree.
+    sysfs_root: str = "/"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HttpSettings:
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 9880
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommandSettings:
+    allow_unsigned: bool = False
+    trusted_keys: tuple[str, ...] = ()
+    max_age_s: int = 300
+    clock_skew_s: int = 60
+    queue_size: int = 8
+    journal_max_bytes: int = 1_048_576
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MicroK8sSettings:
+    backend: str = "auto"
+    cli: str = "microk8s"
+    snap_cli: str = "snap"
+    snapd_socket: str = "/run/snapd.socket"
+    credentials_dir: str = "/var/snap/microk8s/current/credentials"
+    cluster_agent_url: str = "https://127.0.0.1:25000"
+    backend_dir: str = "/var/snap/microk8s/current/var/kubernetes/backend"
+    command_timeout_s: float = 600.0
+    # How often MicroK8s facts are refreshed for the health message; `microk8s status` is costly.
+    status_interval_s: float = 30.0
+    status_timeout_s: float = 30.0
+    hold_refresh: bool = True
+    drain_timeout_s: float = 300.0
+    join_timeout_s: float = 300.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HaSettings:
+    enabled: bool = True
+    interval_s: float = 30.0
+    probe_timeout_s: float = 2.0
+    auto_remove_after_s: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StateSettings:
+    dir: str = "/var/lib/edge-agent"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentSettings:
+    # 0 disables the memory budget.
+    max_rss_mib: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    node: NodeSettings = dataclasses.field(default_factory=NodeSettings)
+    mqtt: MqttSettings = dataclasses.field(default_factory=MqttSettings)
+    health: HealthSettings = dataclasses.field(default_factory=HealthSettings)
+    http: HttpSettings = dataclasses.field(default_factory=HttpSettings)
+    commands: CommandSettings = dataclasses.field(default_factory=CommandSettings)
+    microk8s: MicroK8sSettings = dataclasses.field(default_factory=MicroK8sSettings)
+    ha: HaSettings = dataclasses.field(default_factory=HaSettings)
+    state: StateSettings = dataclasses.field(default_factory=StateSettings)
+    log: LogSettings = dataclasses.field(default_factory=LogSettings)
+    agent: AgentSettings = dataclasses.field(default_factory=AgentSettings)
+
+    @property
+    def root_topic(self) -> str:
+        """`R` of PROTOCOL.md: `{prefix}/{cluster}/nodes/{node}`."""
+        return f"{self.mqtt.prefix}/{self.node.cluster}/nodes/{self.node.name}"
+
+
+SECTIONS: dict[str, type[Any]] = {
+    f.name: typing.get_type_hints(Settings)[f.name] for f in dataclasses.fields(Settings)
+}
+
+
+def _field_types(section_cls: type[Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def _coerce_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
+        return value.lower() in {"true", "1", "yes"}
+    return None
+
+
+def _coerce_int(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)
+    return None
+
+
+def _coerce_float(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _coerce_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+_SCALARS: dict[Any, tuple[Callable[[Any], Any], str]] = {
+    bool: (_coerce_bool, "true or false"),
+    int: (_coerce_int, "an integer"),
+    float: (_coerce_float, "a number"),
+    str: (_coerce_str, "a string"),
+}
+
+
+def _coerce(value: Any, kind: Any, where: str, problems: list[str]) -> Any:
+    """Convert a TOML or environment value to the declared type, or record why not."""
+    if typing.get_origin(kind) is tuple:
+        return _coerce_list(value, where, problems)
+    convert, expected = _SCALARS[kind]
+    result = convert(value)
+    if result is None:
+        problems.append(f"{where}: expected {expected}, got {value!r}")
+    return result
+
+
+def _coerce_list(value: Any, where: str, problems: list[str]) -> tuple[str, ...] | None:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                problems.append(f"{where}: expected a JSON list or comma-separated strings")
+                return None
+        else:
+            value = [part.strip() for part in text.split(",") if part.strip()]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    problems.append(f"{where}: expected a list of strings, got {value!r}")
+    return None
+
+
+def _file_where(section: str, key: str) -> str:
+    return f"{section}.{key}"
+
+
+def _env_where(section: str, key: str) -> str:
+    return f"${ENV_PREFIX}{section.upper()}_{key.upper()}"
+
+
+def _read_section(
+    name: str, raw: Any, problems: list[str], namer: typing.Callable[[str, str], str]
+) -> dict[str, Any]:
+    section_cls = SECTIONS[name]
+    fields = _field_types(section_cls)
+    if not isinstance(raw, dict):
+        problems.append(f"[{name}]: expected a table")
+        return {}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = namer(name, key)
+        if key not in fields:
+            problems.append(f"{where}: unknown key (known: {', '.join(sorted(fields))})")
+            continue
+        coerced = _coerce(value, fields[key], where, problems)
+        if coerced is not None:
+            values[key] = coerced
+    return values
+
+
+def _from_mapping(
+    data: Mapping[str, Any],
+    problems: list[str],
+    namer: typing.Callable[[str, str], str] = _file_where,
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in data.items():
+        if name not in SECTIONS:
+            problems.append(f"[{name}]: unknown section (known: {', '.join(SECTIONS)})")
+            continue
+        out[name] = _read_section(name, raw, problems, namer)
+    return out
+
+
+def _env_overrides(environ: Mapping[str, str], problems: list[str]) -> dict[str, dict[str, Any]]:
+    raw: dict[str, dict[str, Any]] = {}
+    for var, value in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX) or var in ENV_NOT_SETTINGS:
+            continue
+        rest = var[len(ENV_PREFIX) :].lower()
+        section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            problems.append(f"${var}: unknown section (known: {', '.join(SECTIONS)})")
+            continue
+        raw.setdefault(section, {})[rest[len(section) + 1 :]] = value
+    return _from_mapping(raw, problems, _env_where)
+
+
+def _merge(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for section, values in layer.items():
+            merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def read_file(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        problems.append(f"{path}: no such file")
+    except PermissionError:
+        problems.append(f"{path}: permission denied")
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"{path}: not valid TOML ({exc})")
+    return {}
+
+
+def build(values: Mapping[str, Mapping[str, Any]], problems: list[str]) -> Settings:
+    """Build validated Settings from already-typed section values, appending problems."""
+    sections = {name: SECTIONS[name](**dict(values.get(name, {}))) for name in SECTIONS}
+    settings = Settings(**sections)
+    problems.extend(validate(settings))
+    return settings
+
+
+def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the file (if any), apply environment overrides, validate.
+
+    Raises:
+        ConfigError: listing every problem found.
+    """
+    environ = os.environ if environ is None else environ
+    problems: list[str] = []
+    file_values: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        file_values = _from_mapping(read_file(Path(path), problems), problems)
+    env_values = _env_overrides(environ, problems)
+    settings = build(_merge(file_values, env_values), problems)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _check_range(problems: list[str], where: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        problems.append(f"{where}: {value:g} is out of range [{low:g}, {high:g}]")
+
+
+def _check_choice(
+    problems: list[str], where: str, value: object, choices: tuple[object, ...]
+) -> None:
+    if value not in choices:
+        problems.append(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def _validate_identity(s: Settings, problems: list[str]) -> None:
+    for where, value in (("node.name", s.node.name), ("node.cluster", s.node.cluster)):
+        if not NAME_RE.fullmatch(value):
+            problems.append(
+                f"{where}: {value!r} must be lowercase letters, digits and '-', 1-63 characters,"
+                " starting and ending with a letter or digit"
+            )
+    if not TOPIC_PREFIX_RE.fullmatch(s.mqtt.prefix):
+        problems.append(f"mqtt.prefix: {s.mqtt.prefix!r} must be topic levels of [A-Za-z0-9_-]")
+
+
+def _validate_mqtt(m: MqttSettings, problems: list[str]) -> None:
+    if not m.host:
+        problems.append("mqtt.host: must not be empty")
+    _check_range(problems, "mqtt.port", m.port, 1, 65535)
+    _check_range(problems, "mqtt.keepalive_s", m.keepalive_s, 5, 3600)
+    _check_choice(problems, "mqtt.protocol", m.protocol, (5, 3))
+    if bool(m.cert_file) != bool(m.key_file):
+        problems.append("mqtt.cert_file and mqtt.key_file: give both or neither")
+    if (m.ca_file or m.cert_file) and not m.tls:
+        problems.append("mqtt.tls: must be true when ca_file or cert_file is set")
+    if m.password_file and not m.username:
+        problems.append("mqtt.username: required when mqtt.password_file is set")
+    for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        value = getattr(m, key)
+        if value and not Path(value).is_file():
+            problems.append(f"mqtt.{key}: {value!r} is not a readable file")
+
+
+def _validate_health(h: HealthSettings, problems: list[str]) -> None:
+    _check_range(problems, "health.interval_s", h.interval_s, 0.05, 86400)
+    _check_choice(problems, "health.qos", h.qos, (0, 1))
+    _check_range(problems, "health.temperature_warn_c", h.temperature_warn_c, 0, 150)
+    _check_range(problems, "health.temperature_crit_c", h.temperature_crit_c, 0, 150)
+    for key in (
+        "disk_warn_percent",
+        "disk_crit_percent",
+        "memory_warn_percent",
+        "memory_crit_percent",
+    ):
+        _check_range(problems, f"health.{key}", getattr(h, key), 1, 100)
+    if h.temperature_warn_c > h.temperature_crit_c:
+        problems.append("health.temperature_warn_c: must not exceed temperature_crit_c")
+    if h.disk_warn_percent > h.disk_crit_percent:
+        problems.append("health.disk_warn_percent: must not exceed disk_crit_percent")
+    if h.memory_warn_percent > h.memory_crit_percent:
+        problems.append("health.memory_warn_percent: must not exceed memory_crit_percent")
+    for path in h.disk_paths:
+        if not path.startswith("/"):
+            problems.append(f"health.disk_paths: {path!r} must be an absolute path")
+
+
+def _validate_rest(s: Settings, problems: list[str]) -> None:
+    _check_range(problems, "http.port", s.http.port, 1, 65535)
+    c = s.commands
+    _check_range(problems, "commands.max_age_s", c.max_age_s, 1, 86400 * 7)
+    _check_range(problems, "commands.clock_skew_s", c.clock_skew_s, 0, 3600)
+    _check_range(problems, "commands.queue_size", c.queue_size, 1, 1024)
+    _check_range(problems, "commands.journal_max_bytes", c.journal_max_bytes, 4096, 1 << 30)
+    for key in c.trusted_keys:
+        if not key:
+            problems.append("commands.trusted_keys: empty path")
+    mk = s.microk8s
+    _check_choice(problems, "microk8s.backend", mk.backend, ("auto", "snap", "cli"))
+    for key in (
+        "command_timeout_s",
+        "status_interval_s",
+        "status_timeout_s",
+        "drain_timeout_s",
+        "join_timeout_s",
+    ):
+        _check_range(problems, f"microk8s.{key}", getattr(mk, key), 0.1, 86400)
+    if not mk.cluster_agent_url.startswith(("https://", "http://")):
+        problems.append("microk8s.cluster_agent_url: must start with https://")
+    _check_range(problems, "ha.interval_s", s.ha.interval_s, 0.1, 86400)
+    _check_range(problems, "ha.probe_timeout_s", s.ha.probe_timeout_s, 0.05, 60)
+    _check_range(problems, "ha.auto_remove_after_s", s.ha.auto_remove_after_s, 0, 86400 * 30)
+    if not s.state.dir:
+        problems.append("state.dir: must not be empty")
+    _check_choice(problems, "log.level", s.log.level, ("debug", "info", "warning", "error"))
+    _check_choice(problems, "log.format", s.log.format, ("auto", "json", "console"))
+    _check_range(problems, "agent.max_rss_mib", s.agent.max_rss_mib, 0, 65536)
+
+
+def validate(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    _validate_identity(settings, problems)
+    _validate_mqtt(settings.mqtt, problems)
+    _validate_health(settings.health, problems)
+    _validate_rest(settings, problems)
+    return problems
+
+
+def as_dict(settings: Settings, *, mask_secrets: bool = True) -> dict[str, dict[str, Any]]:
+    """The effective configuration, secrets masked, ready for TOML or JSON output."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in SECTIONS:
+        section = dataclasses.asdict(getattr(settings, name))
+        for key, value in section.items():
+            if isinstance(value, tuple):
+                section[key] = list(value)
+            if mask_secrets and (name, key) in SECRET_KEYS and value:
+                section[key] = "***"
+        out[name] = section
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def to_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
+    """Render sections as TOML (our values are flat scalars and string lists only)."""
+    lines: list[str] = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def field_kind(section: str, key: str) -> Any:
+    """The declared type of one key, or None when the key does not exist."""
+    if section not in SECTIONS:
+        return None
+    return _field_types(SECTIONS[section]).get(key)
+
+
+__all__ = [
+    "SECTIONS",
+    "AgentSettings",
+    "CommandSettings",
+    "HaSettings",
+    "HealthSettings",
+    "HttpSettings",
+    "LogSettings",
+    "MicroK8sSettings",
+    "MqttSettings",
+    "NodeSettings",
+    "Settings",
+    "StateSettings",
+    "as_dict",
+    "build",
+    "field_kind",
+    "load",
+    "to_toml",
+    "validate",
+]

@@ -1,0 +1,383 @@
+"""The MQTT link: the only module that imports aiomqtt/paho.
+
+It owns presence (PROTOCOL.md "Presence"): a retained `offline` last will carrying the session
+number, a retained `online` birth after every (re)connect, and a clean `offline` on shutdown. It
+reconnects forever with full-jitter exponential backoff, re-subscribes after each connect, and
+keeps an in-memory outbox so command statuses published while the broker is away are delivered
+after the reconnect. aiomqtt/paho exceptions never leave this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from agent import statefiles
+from agent.config import MqttSettings
+from agent.errors import StateError, TransportError
+from agent.logs import get_logger
+from agent.topics import Topics
+
+log = get_logger(__name__)
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 60.0
+OUTBOX_LIMIT = 1000
+# A publish that takes longer than this is treated as lost (the link is probably half-open).
+PUBLISH_TIMEOUT_S = 10.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Inbound:
+    """A received message, free of aiomqtt/paho types."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+Handler = Callable[[Inbound], None]
+ConnectHook = Callable[[], Awaitable[None]]
+
+
+@dataclasses.dataclass(slots=True)
+class _Outgoing:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    correlation_data: bytes | None
+
+
+def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
+    """Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2**attempt)]."""
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** min(attempt, 16)))
+    return (rng or random).uniform(0, ceiling)
+
+
+def presence_payload(state: str, session: int, version: str, reason: str | None = None) -> bytes:
+    body: dict[str, Any] = {
+        "state": state,
+        "session": session,
+        "ts": round(time.time(), 3),
+        "agent_version": version,
+    }
+    if reason:
+        body["reason"] = reason
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class Link:
+    """One MQTT connection at a time, re-established forever until `stop()`."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        topics: Topics,
+        *,
+        state_dir: Path,
+        agent_version: str,
+    ) -> None:
+        self._settings = settings
+        self._topics = topics
+        self._state_dir = state_dir
+        self._version = agent_version
+        self._client: aiomqtt.Client | None = None
+        self._subscriptions: list[tuple[str, int, Handler]] = []
+        self._connect_hooks: list[ConnectHook] = []
+        self._outbox: collections.deque[_Outgoing] = collections.deque(maxlen=OUTBOX_LIMIT)
+        self._stop = asyncio.Event()
+        self._last_session = self._load_session()
+        self.session = 0
+        self.connected = False
+        self.ever_connected = False
+        self.published_total = 0
+        self.publish_failures_total = 0
+        self.reconnects_total = 0
+        self.last_error: str | None = None
+
+    # -- registration -------------------------------------------------------------------
+
+    def subscribe(self, topic_filter: str, qos: int, handler: Handler) -> None:
+        """Register a subscription; it is (re)issued on every connect."""
+        self._subscriptions.append((topic_filter, qos, handler))
+
+    def on_connect(self, hook: ConnectHook) -> None:
+        """Run `hook` after the birth message on every connect (e.g. publish health now)."""
+        self._connect_hooks.append(hook)
+
+    # -- publishing ---------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        correlation_data: bytes | None = None,
+        queue_if_offline: bool = False,
+    ) -> bool:
+        """Publish now; returns False when offline and the message was queued for later.
+
+        Raises:
+            TransportError: offline (and not queued) or the publish failed.
+        """
+        message = _Outgoing(topic, payload, qos, retain, correlation_data)
+        client = self._client
+        if client is None or not self.connected:
+            if queue_if_offline:
+                self._outbox.append(message)
+                return False
+            raise TransportError("not connected to the broker")
+        try:
+            await self._send(client, message)
+        except TransportError:
+            if queue_if_offline:
+                self._outbox.append(message)
+                return False
+            raise
+        return True
+
+    async def _send(self, client: aiomqtt.Client, message: _Outgoing) -> None:
+        properties = None
+        if message.correlation_data is not None and self._settings.protocol == 5:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.CorrelationData = message.correlation_data
+        try:
+            await client.publish(
+                message.topic,
+                message.payload,
+                qos=message.qos,
+                retain=message.retain,
+                properties=properties,
+                timeout=PUBLISH_TIMEOUT_S,
+            )
+        except aiomqtt.MqttError as exc:
+            self.publish_failures_total += 1
+            raise TransportError(f"publish to {message.topic} failed: {exc}") from exc
+        self.published_total += 1
+
+    async def _flush_outbox(self, client: aiomqtt.Client) -> None:
+        while self._outbox:
+            await self._send(client, self._outbox[0])
+            self._outbox.popleft()
+
+    @property
+    def outbox_size(self) -> int:
+        return len(self._outbox)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask `run()` to publish a clean offline, disconnect and return."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect with backoff; returns only after `stop()`."""
+        attempt = 0
+        while not self._stop.is_set():
+            session = self._last_session + 1
+            try:
+                await self._serve(session)
+                attempt = 0
+            except aiomqtt.MqttError as exc:
+                self._note_failure(str(exc))
+            except TransportError as exc:
+                self._note_failure(str(exc))
+            finally:
+                self._client = None
+                self.connected = False
+            if self._stop.is_set():
+                break
+            delay = backoff_delay(attempt)
+            attempt += 1
+            log.info("mqtt_reconnect_scheduled", delay_s=round(delay, 2), attempt=attempt)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+
+    def _note_failure(self, error: str) -> None:
+        if self.connected:
+            log.warning("mqtt_disconnected", error=error, session=self.session)
+        else:
+            log.warning("mqtt_connect_failed", error=error, host=self._settings.host)
+        self.last_error = error
+
+    async def _serve(self, session: int) -> None:
+        client = await self._make_client(session)
+        async with client:
+            self._mark_connected(client, session)
+            await self._after_connect(client)
+            reader = asyncio.create_task(self._read(client), name="mqtt-reader")
+            stopper = asyncio.create_task(self._stop.wait(), name="mqtt-stop")
+            try:
+                done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # Cancelled without stop(): another task crashed. aiomqtt will disconnect
+                # cleanly (so no will), hence say offline ourselves, within a bound.
+                reader.cancel()
+                stopper.cancel()
+                await self._say_goodbye(client, "agent failure", timeout_s=1.0)
+                raise
+            reader.cancel()
+            stopper.cancel()
+            if stopper in done:
+                await self._say_goodbye(client, "shutdown")
+            else:
+                # The reader ended: the connection is gone; re-raise what ended it.
+                await asyncio.gather(reader, return_exceptions=False)
+
+    def _mark_connected(self, client: aiomqtt.Client, session: int) -> None:
+        self._client = client
+        self.session = session
+        self._last_session = session
+        if self.ever_connected:
+            self.reconnects_total += 1
+        self.ever_connected = True
+        self.connected = True
+        self.last_error = None
+        self._persist_session(session)
+        log.info(
+            "mqtt_connected", host=self._settings.host, port=self._settings.port, session=session
+        )
+
+    async def _after_connect(self, client: aiomqtt.Client) -> None:
+        birth = presence_payload("online", self.session, self._version)
+        await self._send(client, _Outgoing(self._topics.state, birth, 1, True, None))
+        for topic_filter, qos, _ in self._subscriptions:
+            await self._subscribe(client, topic_filter, qos)
+        await self._flush_outbox(client)
+        for hook in self._connect_hooks:
+            await hook()
+
+    async def _subscribe(self, client: aiomqtt.Client, topic_filter: str, qos: int) -> None:
+        try:
+            if self._settings.protocol == 5:
+                options = SubscribeOptions(qos=qos, retainAsPublished=True)
+                await client.subscribe(topic_filter, options=options, timeout=PUBLISH_TIMEOUT_S)
+            else:
+                await client.subscribe(topic_filter, qos=qos, timeout=PUBLISH_TIMEOUT_S)
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"subscribe to {topic_filter} failed: {exc}") from exc
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            inbound = _to_inbound(message)
+            for topic_filter, _, handler in self._subscriptions:
+                if message.topic.matches(topic_filter):
+                    handler(inbound)
+        raise TransportError("message stream ended")  # pragma: no cover - aiomqtt raises first
+
+    async def _say_goodbye(
+        self, client: aiomqtt.Client, reason: str, timeout_s: float = PUBLISH_TIMEOUT_S
+    ) -> None:
+        payload = presence_payload("offline", self.session, self._version, reason)
+        message = _Outgoing(self._topics.state, payload, 1, True, None)
+        try:
+            await asyncio.wait_for(self._send(client, message), timeout_s)
+            log.info("mqtt_offline_published", session=self.session, reason=reason)
+        except (TransportError, TimeoutError) as exc:
+            log.warning("mqtt_offline_not_published", error=str(exc) or type(exc).__name__)
+
+    # -- connection parameters ----------------------------------------------------------
+
+    def _load_session(self) -> int:
+        try:
+            return statefiles.read_session(self._state_dir)
+        except StateError as exc:
+            # Fall back to wall-clock seconds: still larger than any small persisted counter.
+            log.error("session_unreadable", error=str(exc))
+            return int(time.time())
+
+    def _persist_session(self, session: int) -> None:
+        try:
+            statefiles.write_session(self._state_dir, session)
+        except StateError as exc:
+            log.error("session_not_persisted", error=str(exc), session=session)
+
+    async def _make_client(self, session: int) -> aiomqtt.Client:
+        s = self._settings
+        will = aiomqtt.Will(
+            self._topics.state,
+            presence_payload("offline", session, self._version, "connection lost"),
+            qos=1,
+            retain=True,
+        )
+        protocol = aiomqtt.ProtocolVersion.V5 if s.protocol == 5 else aiomqtt.ProtocolVersion.V311
+        tls_context = await asyncio.to_thread(self._tls_context) if s.tls else None
+        return aiomqtt.Client(
+            s.host,
+            s.port,
+            identifier=f"edge-agent-{self._topics.cluster}-{self._topics.node}",
+            username=s.username or None,
+            password=await asyncio.to_thread(self._password),
+            protocol=protocol,
+            will=will,
+            keepalive=s.keepalive_s,
+            timeout=10,
+            tls_context=tls_context,
+            max_queued_incoming_messages=1000,
+            clean_session=True if s.protocol != 5 else None,
+        )
+
+    def _password(self) -> str | None:
+        path = self._settings.password_file
+        if not path:
+            return None
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise TransportError(f"cannot read mqtt.password_file: {exc.strerror}") from exc
+
+    def _tls_context(self) -> ssl.SSLContext:
+        s = self._settings
+        try:
+            context = ssl.create_default_context(cafile=s.ca_file or None)
+            if s.cert_file:
+                context.load_cert_chain(s.cert_file, s.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise TransportError(f"cannot load TLS material: {exc}") from exc
+        return context
+
+
+def _to_inbound(message: aiomqtt.Message) -> Inbound:
+    # paho hands the raw bytes through; aiomqtt's type also admits str/int/float/None.
+    payload: Any = message.payload
+    data = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+    response_topic = correlation = None
+    props = message.properties
+    if props is not None:
+        response_topic = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
+    return Inbound(
+        topic=message.topic.value,
+        payload=data,
+        qos=message.qos,
+        retain=bool(message.retain),
+        response_topic=response_topic,
+        correlation_data=correlation,
+    )
+
+
+def response_target(inbound: Inbound) -> tuple[str, bytes | None] | None:
+    """Where MQTT 5 request/response wants status copies, if anywhere."""
+    if inbound.response_topic:
+        return inbound.response_topic, inbound.correlation_data
+    return None
