@@ -16,7 +16,9 @@ from typing import Any
 
 from agent import __version__, endpoint
 from agent.backends import select
+from agent.backends.base import Backend
 from agent.config import Settings
+from agent.hamonitor import HaMonitor
 from agent.logs import get_logger
 from agent.metrics import Metrics
 from agent.monitor import HealthMonitor
@@ -54,6 +56,7 @@ class Agent:
             agent_version=__version__,
         )
         self.stop_requested = asyncio.Event()
+        self.restart_reason: str | None = None
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self.state.link = self._link_view
         self.state.tasks_alive = self._dead_tasks
@@ -77,7 +80,12 @@ class Agent:
         backend = await select.choose(self.settings.microk8s)
         log.info("backend_selected", backend=backend.name, node=self.settings.node.name)
         monitor = HealthMonitor(
-            self.settings, backend=backend, link=self.link, state=self.state, metrics=self.metrics
+            self.settings,
+            backend=backend,
+            link=self.link,
+            state=self.state,
+            metrics=self.metrics,
+            on_budget_restart=self.request_restart,
         )
         self.link.on_connect(monitor.on_connect)
         roots: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
@@ -85,6 +93,8 @@ class Agent:
             "health-monitor": monitor.run,
             "microk8s-facts": monitor.run_facts,
         }
+        if self.settings.ha.enabled:
+            roots["ha-monitor"] = self._ha_monitor(backend, monitor).run
         if self.settings.http.enabled:
             roots["http-endpoint"] = lambda: endpoint.serve(self.settings, self.state, self.metrics)
         try:
@@ -95,10 +105,26 @@ class Agent:
         except* GracefulExit:
             log.info("agent_stopped", node=self.settings.node.name)
 
+    def _ha_monitor(self, backend: Backend, monitor: HealthMonitor) -> HaMonitor:
+        ha_monitor = HaMonitor(
+            self.settings,
+            backend=backend,
+            link=self.link,
+            state=self.state,
+            facts=lambda: monitor.facts,
+        )
+        ha_monitor.attach()
+        return ha_monitor
+
+    def request_restart(self, reason: str) -> None:
+        """Stop cleanly, then let the caller re-execute the agent (see cli)."""
+        self.restart_reason = reason
+        self.stop_requested.set()
+
     async def _stop_watcher(self) -> None:
         await self.stop_requested.wait()
-        log.info("shutdown_requested", node=self.settings.node.name)
-        self.link.stop()
+        log.info("shutdown_requested", node=self.settings.node.name, restart=self.restart_reason)
+        self.link.stop(self.restart_reason or "shutdown")
         link_task = self.tasks.get("mqtt-link")
         if link_task is not None:
             done, _ = await asyncio.wait({link_task}, timeout=LINK_STOP_TIMEOUT_S)
@@ -128,7 +154,9 @@ def install_signal_handlers(agent: Agent) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
 
 
-async def main(settings: Settings) -> None:
+async def main(settings: Settings) -> str | None:
+    """Run the agent; returns why it must be restarted, or None after a normal stop."""
     agent = Agent(settings)
     install_signal_handlers(agent)
     await agent.run()
+    return agent.restart_reason

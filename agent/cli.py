@@ -33,7 +33,8 @@ def _add_config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> config.Settings:
-    return config.load(args.config)
+    # Inside the snap, no --config means the file the configure hook wrote.
+    return config.load(args.config or config.default_config_path())
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -57,11 +58,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent import app, devbroker
 
     broker = None
+    restart_reason: str | None = None
     try:
         if args.private_broker:
             broker = devbroker.ensure(settings.mqtt.host, settings.mqtt.port)
             devbroker.print_hints(settings)
-        asyncio.run(app.main(settings))
+        restart_reason = asyncio.run(app.main(settings))
     except KeyboardInterrupt:
         return EXIT_OK
     except AgentError as exc:
@@ -76,6 +78,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if broker is not None:
             broker.stop()
+    if restart_reason is not None:
+        log.warning("agent_reexec", why=restart_reason)
+        # Same interpreter, same arguments: a clean restart without relying on a supervisor.
+        os.execv(sys.executable, [sys.executable, "-m", "agent", *sys.argv[1:]])  # noqa: S606
     return EXIT_OK
 
 
@@ -109,7 +115,10 @@ def _extra_commands() -> list[
     Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
 ]:
     """Subcommands that live in their own modules (operator tools, snap hook)."""
+    from agent import snapconf
+
     adders: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
+    adders.append(snapconf.add_command)
     return adders
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 from agent import health, sysinfo
 from agent.backends.base import Backend
+from agent.budget import Action, Budget
 from agent.config import Settings
 from agent.errors import TransportError
 from agent.logs import get_logger
@@ -42,6 +44,7 @@ class HealthMonitor:
         state: AgentState,
         metrics: Metrics,
         collect: Collect = sysinfo.collect,
+        on_budget_restart: Callable[[str], None] | None = None,
     ) -> None:
         self._settings = settings
         self._backend = backend
@@ -56,7 +59,8 @@ class HealthMonitor:
         self._seq = 0
         self._seq_session = -1
         self.kube: dict[str, Any] = {"node_ready": None}
-        self.optional_collectors = True
+        self._budget = Budget(settings.agent.max_rss_mib)
+        self._on_budget_restart = on_budget_restart
 
     def request_publish(self) -> None:
         """Take and publish a sample now (after a reconnect, or for a `status` command)."""
@@ -100,11 +104,26 @@ class HealthMonitor:
         self._state.record_health(snapshot, duration, time.monotonic())
         self._state.health_published_total += 1
         await self._publish(snapshot)
+        self._enforce_budget(snapshot)
         return snapshot
+
+    def _enforce_budget(self, snapshot: dict[str, Any]) -> None:
+        rss = int((snapshot.get("agent") or {}).get("rss_bytes") or 0)
+        action = self._budget.check(rss, connected=self._link.connected)
+        if action is Action.SHED:
+            gc.collect()
+            self._state.shed_collectors = list(self._budget.shed)
+            log.warning(
+                "budget_shed", collector=self._budget.shed[-1], why=self._budget.reason(rss)
+            )
+        elif action is Action.RESTART and self._on_budget_restart is not None:
+            log.error("budget_restart", why=self._budget.reason(rss))
+            self._on_budget_restart(f"restarting: {self._budget.reason(rss)}")
 
     async def _sample(self) -> dict[str, Any]:
         h = self._settings.health
-        system = await asyncio.to_thread(self._collect, h.disk_paths, Path(h.sysfs_root))
+        disks = h.disk_paths[:1] if "extra-disks" in self._state.shed_collectors else h.disk_paths
+        system = await asyncio.to_thread(self._collect, disks, Path(h.sysfs_root))
         agent_figures = sysinfo.process_figures()
         facts = self._facts.to_health() if self._facts else _unknown_microk8s()
         link = self._link

@@ -104,6 +104,7 @@ class Link:
         self._connect_hooks: list[ConnectHook] = []
         self._outbox: collections.deque[_Outgoing] = collections.deque(maxlen=OUTBOX_LIMIT)
         self._stop = asyncio.Event()
+        self._stop_reason = "shutdown"
         self._last_session = self._load_session()
         self.session = 0
         self.connected = False
@@ -186,8 +187,9 @@ class Link:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Ask `run()` to publish a clean offline, disconnect and return."""
+    def stop(self, reason: str = "shutdown") -> None:
+        """Ask `run()` to publish a clean offline (with `reason`), disconnect and return."""
+        self._stop_reason = reason
         self._stop.set()
 
     async def run(self) -> None:
@@ -239,7 +241,7 @@ class Link:
             reader.cancel()
             stopper.cancel()
             if stopper in done:
-                await self._say_goodbye(client, "shutdown")
+                await self._say_goodbye(client, self._stop_reason)
             else:
                 # The reader ended: the connection is gone; re-raise what ended it.
                 await asyncio.gather(reader, return_exceptions=False)
