@@ -17,7 +17,7 @@ import json
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,9 @@ log = get_logger(__name__)
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 60.0
 OUTBOX_LIMIT = 1000
+PROBE_INTERVAL_S = 1.0
+PROBE_TIMEOUT_S = 0.5
+RECONNECT_JITTER_S = 0.5
 # A publish that takes longer than this is treated as lost (the link is probably half-open).
 PUBLISH_TIMEOUT_S = 10.0
 
@@ -212,8 +215,46 @@ class Link:
             delay = backoff_delay(attempt)
             attempt += 1
             log.info("mqtt_reconnect_scheduled", delay_s=round(delay, 2), attempt=attempt)
+            await self._backoff(delay)
+
+    async def _backoff(self, delay: float) -> None:
+        """Sleep `delay`, but end early (with a little jitter) when an unreachable broker returns.
+
+        Full-jitter backoff alone can leave a node offline for up to a minute after the broker
+        is back. A TCP probe every second is cheap (refused at once while the broker is down),
+        and the extra 0-0.5 s of jitter still spreads a fleet's reconnects.
+        """
+        deadline = asyncio.get_running_loop().time() + delay
+        if await self._broker_reachable():
+            # Reachable but the MQTT connection failed (auth, TLS, ...): plain backoff.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=delay)
+            return
+        while not self._stop.is_set():
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=min(PROBE_INTERVAL_S, remaining))
+            if await self._broker_reachable():
+                log.info("mqtt_broker_back", host=self._settings.host)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._stop.wait(), timeout=random.uniform(0, RECONNECT_JITTER_S)
+                    )
+                return
+
+    async def _broker_reachable(self) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self._settings.host, self._settings.port), PROBE_TIMEOUT_S
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
 
     def _note_failure(self, error: str) -> None:
         if self.connected:
@@ -383,3 +424,99 @@ def response_target(inbound: Inbound) -> tuple[str, bytes | None] | None:
     if inbound.response_topic:
         return inbound.response_topic, inbound.correlation_data
     return None
+
+
+# -- operator client ------------------------------------------------------------------------
+# A short-lived MQTT 5 client for `edge-agent send/nodes` (agent.operator): no presence, no
+# reconnect, request/response properties exposed. Kept here so aiomqtt stays in one module.
+
+
+class OperatorClient:
+    """Subscribe, publish (with Response Topic / Correlation Data) and read `Inbound`s."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._client = client
+
+    async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        try:
+            await self._client.subscribe(topic_filter, qos=qos, timeout=PUBLISH_TIMEOUT_S)
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"subscribe to {topic_filter} failed: {exc}") from exc
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> None:
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if response_topic is not None:
+            properties.ResponseTopic = response_topic
+        if correlation_data is not None:
+            properties.CorrelationData = correlation_data
+        try:
+            await self._client.publish(
+                topic, payload, qos=qos, properties=properties, timeout=PUBLISH_TIMEOUT_S
+            )
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"publish to {topic} failed: {exc}") from exc
+
+    async def messages(self) -> AsyncIterator[Inbound]:
+        try:
+            async for message in self._client.messages:
+                yield _to_inbound(message)
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"connection to the broker lost: {exc}") from exc
+
+
+@contextlib.asynccontextmanager
+async def operator_client(settings: MqttSettings, identifier: str) -> AsyncIterator[OperatorClient]:
+    """Connect with MQTT 5 (host, port, credentials and TLS from `settings`).
+
+    Raises:
+        TransportError: the broker cannot be reached or refuses the connection.
+    """
+    password = await asyncio.to_thread(_operator_password, settings)
+    tls_context = await asyncio.to_thread(_operator_tls, settings) if settings.tls else None
+    client = aiomqtt.Client(
+        settings.host,
+        settings.port,
+        identifier=identifier,
+        username=settings.username or None,
+        password=password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        keepalive=settings.keepalive_s,
+        timeout=10,
+        tls_context=tls_context,
+    )
+    try:
+        await client.__aenter__()
+    except aiomqtt.MqttError as exc:
+        raise TransportError(f"cannot connect to {settings.host}:{settings.port}: {exc}") from exc
+    try:
+        yield OperatorClient(client)
+    finally:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.__aexit__(None, None, None)
+
+
+def _operator_password(settings: MqttSettings) -> str | None:
+    if not settings.password_file:
+        return None
+    try:
+        return Path(settings.password_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise TransportError(f"cannot read the password file: {exc.strerror}") from exc
+
+
+def _operator_tls(settings: MqttSettings) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=settings.ca_file or None)
+        if settings.cert_file:
+            context.load_cert_chain(settings.cert_file, settings.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TransportError(f"cannot load TLS material: {exc}") from exc
+    return context
