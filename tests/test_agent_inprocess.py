@@ -67,7 +67,7 @@ async def test_endpoint_over_tcp(tmp_path: Path, broker: Broker) -> None:
 
 
 async def _until_ready(http: aiohttp.ClientSession, base: str) -> None:
-    for _ in range(100):
+    for _ in range(400):
         with contextlib.suppress(aiohttp.ClientError):
             async with http.get(f"{base}/readyz") as response:
                 if response.status == 200:
