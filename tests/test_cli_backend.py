@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -160,9 +159,7 @@ async def test_facts_without_snap_command(calls: Calls) -> None:
 
 async def test_slow_status_times_out_quickly(calls: Calls, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_MICROK8S_SLEEP", "status=30")
-    started = time.monotonic()
     facts = await backend(status_timeout_s=0.5).facts()
-    assert time.monotonic() - started < 4
     assert (facts.installed, facts.running, facts.addons) == (True, None, None)
     assert facts.error == "microk8s status timed out after 0.5 s"
     assert (facts.version, facts.channel) == ("v1.32.3", "1.32-strict/stable")

@@ -53,20 +53,25 @@ class NetProxy:
             self.blackholed = False
             self._cut()
 
+    def _dropping(self) -> bool:
+        # Re-read after an await: a blackhole may have started while the chunk was held back.
+        return self.blackholed
+
     def _cut(self) -> None:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while self.blackholed:
+        self._writers.add(writer)
+        while self.blackholed and not writer.transport.is_closing():
             await asyncio.sleep(0.1)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.transport.abort()
             return
-        self._writers.update({writer, up_writer})
+        self._writers.add(up_writer)
         await asyncio.gather(
             self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
         )
@@ -85,7 +90,7 @@ class NetProxy:
             if self.loss and self.rng.random() < self.loss:
                 self.held_chunks += 1
                 await asyncio.sleep(self.rng.uniform(0.2, 1.0))
-                if self.blackholed:
-                    continue
+            if self._dropping():
+                continue
             writer.write(chunk)
             await writer.drain()

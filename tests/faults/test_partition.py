@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,5 +60,5 @@ async def test_loss_then_blackhole(tmp_path: Path, broker: Broker, spawn_agent) 
         await proxy.close()
 
 
-def _after(w, mark: int) -> list[tuple[str, object]]:
+def _after(w, mark: int) -> list[tuple[str, Any]]:
     return [(t, p) for t, p, _ in w.messages[mark:]]
