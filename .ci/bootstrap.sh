@@ -30,6 +30,16 @@ fi
 if [ "$want_tests" = "test" ] && ! have mosquitto_passwd; then
     apt_install mosquitto-clients || true
 fi
+# Packaging checks (tests/test_packaging.py): `snap pack --check-skeleton` needs the snap client
+# (Debian's snapd package; the daemon is not used) and squashfs-tools; systemd-analyze checks
+# the unit; openssl makes the fleet certificates; unshare runs the confinement test.
+if [ "$want_tests" = "test" ]; then
+    have snap || [ -x /usr/bin/snap ] || apt_install snapd || true
+    have unsquashfs && have mksquashfs || apt_install squashfs-tools || true
+    have systemd-analyze || apt_install systemd || true
+    have openssl || apt_install openssl || true
+    have unshare || apt_install util-linux || true
+fi
 extras=""
 [ "$want_tests" = "test" ] && extras="[test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras" 2>&1 \

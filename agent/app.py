@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, endpoint
+from agent import __version__, dispatch, endpoint, notify
 from agent.backends import select
 from agent.backends.base import Backend
 from agent.config import Settings
-from agent.hamonitor import HaMonitor
+from agent.executor import Executor
+from agent.hamonitor import HaMonitor, kube_sources
 from agent.logs import get_logger
 from agent.metrics import Metrics
 from agent.monitor import HealthMonitor
@@ -30,6 +31,8 @@ log = get_logger(__name__)
 
 # The link gets this long to publish `offline` and disconnect after a stop request.
 LINK_STOP_TIMEOUT_S = 5.0
+# A running command gets this long to finish after a stop request before it is cancelled.
+COMMAND_DRAIN_S = 3.0
 EXIT_FORCED = 130
 
 
@@ -58,6 +61,7 @@ class Agent:
         self.stop_requested = asyncio.Event()
         self.restart_reason: str | None = None
         self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.dispatcher: dispatch.Dispatcher | None = None
         self.state.link = self._link_view
         self.state.tasks_alive = self._dead_tasks
 
@@ -77,7 +81,7 @@ class Agent:
 
     async def run(self) -> None:
         """Run until `stop_requested` is set; raises on a task failure."""
-        backend = await select.choose(self.settings.microk8s)
+        backend = await select.choose(self.settings.microk8s, node=self.settings.node.name)
         log.info("backend_selected", backend=backend.name, node=self.settings.node.name)
         monitor = HealthMonitor(
             self.settings,
@@ -93,10 +97,26 @@ class Agent:
             "health-monitor": monitor.run,
             "microk8s-facts": monitor.run_facts,
         }
-        if self.settings.ha.enabled:
-            roots["ha-monitor"] = self._ha_monitor(backend, monitor).run
         if self.settings.http.enabled:
             roots["http-endpoint"] = lambda: endpoint.serve(self.settings, self.state, self.metrics)
+        self.dispatcher = dispatch.build(
+            self.settings,
+            topics=self.topics,
+            link=self.link,
+            backend=backend,
+            state=self.state,
+            request_publish=monitor.request_publish,
+            facts=lambda: monitor.facts,
+        )
+        # Intake answers requests (rejections, duplicates, status); the worker runs mutating
+        # commands one at a time.
+        roots["command-intake"] = self.dispatcher.run_intake
+        roots["command-worker"] = self.dispatcher.run_worker
+        if self.settings.ha.enabled:
+            roots["ha-monitor"] = self._ha_monitor(backend, monitor, self.dispatcher.executor).run
+        notifier = notify.Notifier()
+        if notifier.enabled:
+            roots["systemd-notify"] = lambda: self._notify(notifier)
         try:
             async with asyncio.TaskGroup() as group:
                 for name, factory in roots.items():
@@ -105,16 +125,35 @@ class Agent:
         except* GracefulExit:
             log.info("agent_stopped", node=self.settings.node.name)
 
-    def _ha_monitor(self, backend: Backend, monitor: HealthMonitor) -> HaMonitor:
+    def _ha_monitor(
+        self, backend: Backend, monitor: HealthMonitor, executor: Executor
+    ) -> HaMonitor:
+        """The HA loop, wired to the executor: its quorum gate, and maintenance during refresh."""
+        node_names, readyz = kube_sources(self.settings)
         ha_monitor = HaMonitor(
             self.settings,
             backend=backend,
             link=self.link,
             state=self.state,
             facts=lambda: monitor.facts,
+            node_names=node_names,
+            readyz=readyz,
         )
         ha_monitor.attach()
+        executor.upgrade_gate = ha_monitor.upgrade_gate
+        executor.on_maintenance = self._set_maintenance
         return ha_monitor
+
+    def _set_maintenance(self, reason: str | None) -> None:
+        self.state.maintenance = reason
+
+    async def _notify(self, notifier: notify.Notifier) -> None:
+        """systemd's READY/STATUS/WATCHDOG/STOPPING (Type=notify units; not in the snap)."""
+        await notifier.run(
+            alive=lambda: not self._dead_tasks(),
+            status=lambda: notify.link_status(self.link.connected, self.link.session),
+            stopping=self.stop_requested,
+        )
 
     def request_restart(self, reason: str) -> None:
         """Stop cleanly, then let the caller re-execute the agent (see cli)."""
@@ -124,6 +163,9 @@ class Agent:
     async def _stop_watcher(self) -> None:
         await self.stop_requested.wait()
         log.info("shutdown_requested", node=self.settings.node.name, restart=self.restart_reason)
+        if self.dispatcher is not None:
+            # Before the link stops, so the last statuses still reach the broker.
+            await self.dispatcher.drain(COMMAND_DRAIN_S)
         self.link.stop(self.restart_reason or "shutdown")
         link_task = self.tasks.get("mqtt-link")
         if link_task is not None:

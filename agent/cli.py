@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from agent import __version__, config, logs
+from agent import __version__, config, logs, snappaths
 from agent.errors import AgentError, ConfigError
 
 EXIT_OK = 0
@@ -34,7 +34,7 @@ def _add_config_arg(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> config.Settings:
     # Inside the snap, no --config means the file the configure hook wrote.
-    return config.load(args.config or config.default_config_path())
+    return config.load(args.config or snappaths.default_config_path())
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -115,10 +115,11 @@ def _extra_commands() -> list[
     Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
 ]:
     """Subcommands that live in their own modules (operator tools, snap hook)."""
-    from agent import snapconf
+    from agent import operator, snapconf
 
     adders: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
     adders.append(snapconf.add_command)
+    adders.append(operator.add_commands)
     return adders
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+from agent.snappaths import default_credentials_dir, default_state_dir
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
@@ -92,7 +93,7 @@ class MicroK8sSettings:
     cli: str = "microk8s"
     snap_cli: str = "snap"
     snapd_socket: str = "/run/snapd.socket"
-    credentials_dir: str = "/var/snap/microk8s/current/credentials"
+    credentials_dir: str = dataclasses.field(default_factory=default_credentials_dir)
     cluster_agent_url: str = "https://127.0.0.1:25000"
     backend_dir: str = "/var/snap/microk8s/current/var/kubernetes/backend"
     command_timeout_s: float = 600.0
@@ -114,7 +115,7 @@ class HaSettings:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StateSettings:
-    dir: str = "/var/lib/edge-agent"
+    dir: str = dataclasses.field(default_factory=default_state_dir)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -328,6 +329,19 @@ def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> S
     return settings
 
 
+def parse(data: Mapping[str, Any]) -> Settings:
+    """Validate TOML-shaped data that is not in a file yet (the snap's `snapctl get -d` document).
+
+    Raises:
+        ConfigError: listing every problem found, in the same words as `load`.
+    """
+    problems: list[str] = []
+    settings = build(_from_mapping(data, problems), problems)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
 def _check_range(problems: list[str], where: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         problems.append(f"{where}: {value:g} is out of range [{low:g}, {high:g}]")
@@ -402,6 +416,8 @@ def _validate_rest(s: Settings, problems: list[str]) -> None:
     for key in c.trusted_keys:
         if not key:
             problems.append("commands.trusted_keys: empty path")
+        elif not Path(key).is_file():
+            problems.append(f"commands.trusted_keys: {key!r} is not a readable file")
     mk = s.microk8s
     _check_choice(problems, "microk8s.backend", mk.backend, ("auto", "snap", "cli"))
     for key in (
@@ -491,6 +507,7 @@ __all__ = [
     "build",
     "field_kind",
     "load",
+    "parse",
     "to_toml",
     "validate",
 ]

@@ -60,6 +60,10 @@ class MicroK8sFacts:
         }
         if self.role is not None:
             health["role"] = self.role
+        if self.confinement is not None:
+            health["confinement"] = self.confinement
+        if self.services is not None:
+            health["services"] = dict(self.services)
         if self.error is not None:
             health["error"] = self.error
         return health

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import health, sysinfo
-from agent.backends.base import Backend
+from agent.backends.base import Backend, ReportsKube
 from agent.budget import Action, Budget
 from agent.config import Settings
 from agent.errors import TransportError
@@ -74,6 +74,8 @@ class HealthMonitor:
         while True:
             started = time.monotonic()
             self._facts = await self._backend.facts()
+            if isinstance(self._backend, ReportsKube):
+                self.kube = await self._backend.kube_facts() or self.kube
             self._facts_ready.set()
             log.debug("microk8s_facts", duration_s=round(time.monotonic() - started, 3))
             await asyncio.sleep(interval)

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from agent.errors import CommandTimedOut, ProcessError
 
@@ -95,6 +95,7 @@ async def run(
     timeout_s: float,
     output_limit: int = DEFAULT_OUTPUT_LIMIT,
     env: Mapping[str, str] | None = None,
+    on_output: Callable[[bytes], None] | None = None,
 ) -> Completed:
     """Run `argv` (never through a shell) and return its exit code and output tail.
 
@@ -103,6 +104,8 @@ async def run(
         timeout_s: deadline for the child to exit and close its output.
         output_limit: bytes of merged output kept (the last ones).
         env: the complete environment of the child; None inherits ours.
+        on_output: called with each chunk of merged output as it arrives (for helpers that
+            report progress while they run); it must not block.
 
     Raises:
         ProcessError: the program is missing or cannot be executed.
@@ -113,7 +116,7 @@ async def run(
     args = tuple(argv)
     started = time.monotonic()
     proc = await _spawn(args, env)
-    reader = asyncio.create_task(_pump(proc, sink), name=f"process-output-{proc.pid}")
+    reader = asyncio.create_task(_pump(proc, sink, on_output), name=f"process-output-{proc.pid}")
     try:
         async with asyncio.timeout(timeout_s):
             exit_code = await _wait_exit(proc, reader)
@@ -153,14 +156,20 @@ async def _spawn(
         raise ProcessError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc
 
 
-async def _pump(proc: asyncio.subprocess.Process, sink: _TailBuffer) -> None:
-    """Copy the child's output into the tail buffer until EOF."""
+async def _pump(
+    proc: asyncio.subprocess.Process,
+    sink: _TailBuffer,
+    on_output: Callable[[bytes], None] | None = None,
+) -> None:
+    """Copy the child's output into the tail buffer (and to `on_output`) until EOF."""
     stream = proc.stdout
     if stream is None:  # not reached: _spawn always asks for a pipe
         return
     try:
         while chunk := await stream.read(_READ_CHUNK):
             sink.write(chunk)
+            if on_output is not None:
+                on_output(chunk)
     except OSError as exc:
         sink.write(f"\n[output read failed: {exc}]\n".encode())
 

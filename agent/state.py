@@ -34,6 +34,9 @@ class AgentState:
     health_published_total: int = 0
     collection_seconds_last: float | None = None
     last_ha: dict[str, Any] | None = None
+    # Set (to a reason) by the executor while a refresh restarts this node's MicroK8s, so the HA
+    # verdict says "maintenance" and peers do not count the restart as a failure.
+    maintenance: str | None = None
     link: Callable[[], LinkView] = LinkView
     tasks_alive: Callable[[], list[str]] = list
     recent_commands: collections.deque[dict[str, Any]] = dataclasses.field(

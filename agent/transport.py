@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import random
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +43,9 @@ PROBE_TIMEOUT_S = 0.5
 RECONNECT_JITTER_S = 0.5
 # A publish that takes longer than this is treated as lost (the link is probably half-open).
 PUBLISH_TIMEOUT_S = 10.0
+# paho leaves Nagle's algorithm on: a status published right after the PUBACK of the command then
+# waits for the broker's delayed ACK (40 ms on Linux) on every request/response hop.
+NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -378,6 +382,7 @@ class Link:
             tls_context=tls_context,
             max_queued_incoming_messages=1000,
             clean_session=True if s.protocol != 5 else None,
+            socket_options=NO_DELAY,
         )
 
     def _password(self) -> str | None:
@@ -491,6 +496,7 @@ async def operator_client(settings: MqttSettings, identifier: str) -> AsyncItera
         keepalive=settings.keepalive_s,
         timeout=10,
         tls_context=tls_context,
+        socket_options=NO_DELAY,
     )
     try:
         await client.__aenter__()

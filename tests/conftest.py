@@ -25,6 +25,9 @@ import pytest
 
 from tests.paths import FAKES, REPO
 
+# Fixtures of the snap backend's fakes (snapd, cluster agent, Kubernetes API).
+pytest_plugins = ["tests.fakes.fixtures"]
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
@@ -119,7 +122,12 @@ def agent_config(
         "mqtt": {"host": broker.host, "port": broker.port, "keepalive_s": 5},
         "health": {"interval_s": 0.5, "sysfs_root": str(tmp_path / "no-sysfs")},
         "http": {"port": http_port or free_port()},
-        "microk8s": {"backend": "auto", "cli": str(tmp_path / "no-microk8s")},
+        # Never the machine's own snapd: `auto` would pick it and hold its microk8s refreshes.
+        "microk8s": {
+            "backend": "auto",
+            "cli": str(tmp_path / "no-microk8s"),
+            "snapd_socket": str(tmp_path / "no-snapd.socket"),
+        },
         "ha": {"enabled": False},
         "state": {"dir": str(tmp_path / "state")},
         "log": {"format": "json", "level": "debug"},

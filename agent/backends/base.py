@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from agent.errors import BackendUnavailable
 from agent.microk8s_status import MicroK8sFacts
@@ -77,6 +77,23 @@ class Backend(Protocol):
         """
         ...
 
+    async def remove_node(self, name: str) -> Outcome:
+        """`microk8s remove-node <name> --force`: drop a dead member from dqlite and Kubernetes.
+
+        `name` is a node name or its IP, validated by the caller. Raises BackendError when the
+        backend cannot remove nodes at all (the error says what the operator must run instead).
+        """
+        ...
+
+
+@runtime_checkable
+class ReportsKube(Protocol):
+    """Optional for a backend: it can fill the health message's `kube` section."""
+
+    async def kube_facts(self) -> dict[str, Any] | None:
+        """Node Ready/conditions/kubelet version and API server readiness; never raises."""
+        ...
+
 
 class NoBackend:
     """Stands in when no backend can reach MicroK8s: health reports why, commands are refused."""
@@ -113,6 +130,9 @@ class NoBackend:
         raise self._unavailable()
 
     async def node_ready(self, node: str) -> tuple[bool | None, str | None]:
+        raise self._unavailable()
+
+    async def remove_node(self, name: str) -> Outcome:
         raise self._unavailable()
 
     def _unavailable(self) -> BackendUnavailable:

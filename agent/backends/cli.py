@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import shlex
 import shutil
 from collections.abc import Iterable, Sequence
@@ -39,6 +40,13 @@ KUBECTL_MARGIN_S = 15.0
 ADDON_ACTIONS = frozenset({"enable", "disable"})
 
 _Result: TypeAlias = process.Completed | ProcessError | CommandTimedOut
+
+# A Kubernetes node name (PROTOCOL.md identity rule) or an IPv4 address: what remove-node accepts.
+_REMOVABLE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$|^\d{1,3}(\.\d{1,3}){3}$")
+
+
+async def _quiet(_detail: str) -> None:
+    """Progress sink for calls that are not commands (the HA monitor publishes its own events)."""
 
 
 async def probe_cli(path: str) -> bool:
@@ -156,6 +164,12 @@ class CliBackend:
 
     async def uncordon(self, node: str, *, progress: Progress) -> Outcome:
         return await self._act([self._microk8s, "kubectl", "uncordon", node], progress=progress)
+
+    async def remove_node(self, name: str) -> Outcome:
+        """`microk8s remove-node <name> --force` (what Canonical's charm runs for a dead node)."""
+        if not _REMOVABLE.fullmatch(name):
+            raise ValueError(f"remove-node wants a node name or an IPv4 address, not {name!r:.80}")
+        return await self._act([self._microk8s, "remove-node", name, "--force"], progress=_quiet)
 
     def _kubectl_drain_timeout(self) -> int:
         limit = self._timeout_s - KUBECTL_MARGIN_S

@@ -6,10 +6,15 @@ import shutil
 
 from agent.backends.base import Backend, NoBackend
 from agent.backends.cli import CliBackend
-from agent.config import MicroK8sSettings
+from agent.backends.snap import SnapBackend
+from agent.config import MicroK8sSettings, default_node_name
 from agent.logs import get_logger
+from agent.snapd import SnapdClient, SnapdError
 
 log = get_logger(__name__)
+
+PROBE_TIMEOUT_S = 3.0
+"""snapd answers from memory; a socket that takes longer is not one to build on."""
 
 
 def _cli(settings: MicroK8sSettings) -> CliBackend:
@@ -21,10 +26,41 @@ def _cli(settings: MicroK8sSettings) -> CliBackend:
     )
 
 
-async def choose(settings: MicroK8sSettings) -> Backend:
-    """The backend to use; never raises (a node without MicroK8s still reports health)."""
+async def probe_snapd(settings: MicroK8sSettings) -> str | None:
+    """None when snapd answers `GET /v2/snaps/microk8s` on the socket, else why not.
+
+    Any snapd answer counts, "not installed" too: the snap backend then reports that, and sees
+    MicroK8s as soon as it is installed.
+    """
+    timeout_s = min(PROBE_TIMEOUT_S, settings.status_timeout_s)
+    try:
+        await SnapdClient(settings.snapd_socket, timeout_s=timeout_s).snap()
+    except SnapdError as exc:
+        if exc.status_code is None:
+            return f"snapd socket {settings.snapd_socket}: {exc}"
+    return None
+
+
+async def _snap(settings: MicroK8sSettings, node: str) -> SnapBackend:
+    backend = SnapBackend(settings, node=node or default_node_name())
+    if settings.hold_refresh:
+        await backend.hold_refresh()
+    return backend
+
+
+async def choose(settings: MicroK8sSettings, *, node: str = "") -> Backend:
+    """The backend to use; never raises (a node without MicroK8s still reports health).
+
+    `auto` prefers snapd (the only way for a strictly confined agent), then a `microk8s`
+    executable, then none: the reason names everything that was probed.
+    """
     if settings.backend == "cli":
         return _cli(settings)
+    if settings.backend == "snap":
+        return await _snap(settings, node)
+    snapd_problem = await probe_snapd(settings)
+    if snapd_problem is None:
+        return await _snap(settings, node)
     if shutil.which(settings.cli):
         return _cli(settings)
-    return NoBackend(f"no {settings.cli!r} executable on PATH")
+    return NoBackend(f"{snapd_problem}; no {settings.cli!r} executable on PATH")

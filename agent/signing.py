@@ -1,0 +1,208 @@
+"""Ed25519 signatures of command envelopes: the only module that imports `cryptography`.
+
+The signed bytes are the envelope without `sig`, as JSON with sorted keys, separators `,` `:`,
+no ASCII escaping, UTF-8 (PROTOCOL.md, Signing). The agent re-serialises what it parsed, so the
+signature covers the meaning of the request, not its whitespace. Signers that are not Python
+should use integer times: float formatting differs between JSON libraries.
+
+Operators hold private keys (`edge-agent keygen`); nodes list the public halves in
+`commands.trusted_keys`, and a key's id is its file stem (`ops-1.pub` → `ops-1`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from agent.errors import AgentError
+
+KEY_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+SIGNATURE_BYTES = 64
+NO_KEYS = "commands are disabled: no trusted keys"
+
+
+class SigningError(AgentError):
+    """A key file cannot be read or is not an Ed25519 key; `problems` names each one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def signed_bytes(body: Mapping[str, Any]) -> bytes:
+    """The bytes a signature covers: the envelope without `sig`, canonical JSON, UTF-8."""
+    unsigned = {key: value for key, value in body.items() if key != "sig"}
+    return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
+
+
+def _read_public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except OSError as exc:
+        raise SigningError([f"{path}: cannot read ({exc.strerror or exc})"]) from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise SigningError([f"{path}: not a PEM public key"]) from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise SigningError([f"{path}: not an Ed25519 public key"])
+    return key
+
+
+class Verifier:
+    """Checks signatures against the trusted operator keys of this node."""
+
+    def __init__(self, keys: Mapping[str, Ed25519PublicKey]) -> None:
+        self._keys = dict(keys)
+
+    @classmethod
+    def from_files(cls, paths: Iterable[str]) -> Verifier:
+        """Load every `commands.trusted_keys` file; key id = file stem.
+
+        Raises:
+            SigningError: naming every unreadable, malformed or duplicate key at once.
+        """
+        keys: dict[str, Ed25519PublicKey] = {}
+        problems: list[str] = []
+        for name in paths:
+            path = Path(name)
+            key_id = path.stem
+            if not KEY_ID_RE.match(key_id):
+                problems.append(f"{path}: key id {key_id!r} must be 1-64 of [A-Za-z0-9._-]")
+            elif key_id in keys:
+                problems.append(f"{path}: key id {key_id!r} is listed twice")
+            else:
+                try:
+                    keys[key_id] = _read_public_key(path)
+                except SigningError as exc:
+                    problems.extend(exc.problems)
+        if problems:
+            raise SigningError(problems)
+        return cls(keys)
+
+    @property
+    def key_ids(self) -> list[str]:
+        return sorted(self._keys)
+
+    def verify(self, body: Mapping[str, Any]) -> str | None:
+        """None when `sig` is a valid signature by `key_id`; else why not, for a person."""
+        key_id, sig = body.get("key_id"), body.get("sig")
+        if sig is None or key_id is None:
+            return "missing signature: a signed command needs both key_id and sig"
+        if not isinstance(key_id, str) or not isinstance(sig, str):
+            return "key_id and sig must be strings"
+        key = self._keys.get(key_id)
+        if key is None:
+            known = ", ".join(self.key_ids) or "none"
+            return f"unknown key_id {key_id[:64]!r}: this node trusts {known}"
+        try:
+            raw = base64.b64decode(sig, validate=True)
+        except (binascii.Error, ValueError):
+            return "sig is not valid base64"
+        if len(raw) != SIGNATURE_BYTES:
+            return f"sig must be {SIGNATURE_BYTES} bytes (Ed25519), got {len(raw)}"
+        try:
+            key.verify(raw, signed_bytes(body))
+        except InvalidSignature:
+            return f"bad signature: the command was altered after signing or not signed by {key_id}"
+        return None
+
+    def authenticate(
+        self, body: Mapping[str, Any], *, mutating: bool, allow_unsigned: bool
+    ) -> str | None:
+        """The signing rules of PROTOCOL.md: None when the request may proceed, else why not.
+
+        A present signature is always checked; an absent one is fine for read-only requests
+        and, with `allow_unsigned`, for all requests.
+        """
+        if mutating and not self._keys and not allow_unsigned:
+            return (
+                f"{NO_KEYS} (commands.trusted_keys is empty and commands.allow_unsigned is"
+                " false): add an operator public key to this node"
+            )
+        if "sig" in body or "key_id" in body:
+            return self.verify(body)
+        if mutating and not allow_unsigned:
+            return "missing signature: commands that change the node must be signed (key_id, sig)"
+        return None
+
+
+class Signer:
+    """An operator's private key, used by `edge-agent send`."""
+
+    def __init__(self, key_id: str, key: Ed25519PrivateKey) -> None:
+        self.key_id = key_id
+        self._key = key
+
+    @classmethod
+    def from_file(cls, path: Path) -> Signer:
+        """Load NAME.key; the key id is NAME.
+
+        Raises:
+            SigningError: unreadable file, or not an unencrypted Ed25519 private key.
+        """
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except OSError as exc:
+            raise SigningError([f"{path}: cannot read ({exc.strerror or exc})"]) from exc
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise SigningError([f"{path}: not an unencrypted PEM private key"]) from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise SigningError([f"{path}: not an Ed25519 private key"])
+        return cls(path.stem, key)
+
+    def sign(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The envelope with `key_id` set and `sig` over everything else."""
+        unsigned = {k: v for k, v in body.items() if k != "sig"}
+        unsigned["key_id"] = self.key_id
+        signature = self._key.sign(signed_bytes(unsigned))
+        return {**unsigned, "sig": base64.b64encode(signature).decode("ascii")}
+
+
+def generate(name: str, directory: Path) -> tuple[Path, Path]:
+    """Write NAME.key (private, mode 0600) and NAME.pub; refuse to overwrite either.
+
+    Raises:
+        SigningError: bad name, existing files, or the directory is not writable.
+    """
+    if not KEY_ID_RE.match(name):
+        raise SigningError([f"key name {name!r} must be 1-64 of [A-Za-z0-9._-]"])
+    private_path, public_path = directory / f"{name}.key", directory / f"{name}.pub"
+    for path in (private_path, public_path):
+        if path.exists():
+            raise SigningError([f"{path}: already exists; not overwriting a key"])
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    try:
+        _write_new(private_path, private_pem, 0o600)
+        _write_new(public_path, public_pem, 0o644)
+    except FileExistsError as exc:
+        raise SigningError([f"{exc.filename}: already exists; not overwriting a key"]) from exc
+    except OSError as exc:
+        raise SigningError([f"cannot write keys: {exc.strerror or exc}"]) from exc
+    return private_path, public_path
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    # O_EXCL: never clobber a key; the mode is set at creation, so the private key is never
+    # readable by others, not even for a moment.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)

@@ -1,0 +1,236 @@
+"""The fleet broker of configs/mosquitto, for real: mosquitto with that config and ACL on a free
+port, certificates made by configs/mosquitto/make-certs.sh.
+
+Denials are shown by delivery to an operator subscribed to everything: a denied publish is sent
+first and an allowed one after it on the same connection, so when the allowed one has arrived the
+denied one would have too (Mosquitto keeps a client's QoS 1 messages in order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from tests.conftest import Broker, agent_config, watch
+from tests.paths import REPO
+
+pytestmark = pytest.mark.broker
+
+MOSQUITTO_DIR = REPO / "configs" / "mosquitto"
+R1 = "microk8s/lab/nodes/pi-01"
+R2 = "microk8s/lab/nodes/pi-02"
+
+
+def make_certs(directory: Path, *names: str) -> Path:
+    subprocess.run(
+        [str(MOSQUITTO_DIR / "make-certs.sh"), str(directory), "localhost", *names],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return directory
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_certs(tmp_path_factory.mktemp("pki"), "pi-01", "pi-02", "--operator", "admin")
+
+
+class FleetBroker(Broker):
+    """Mosquitto running configs/mosquitto/edge-agent.conf, with paths and port for this test."""
+
+    def __init__(self, workdir: Path, pki: Path) -> None:
+        super().__init__(workdir)
+        self.pki = pki
+
+    def config_text(self) -> str:
+        text = (MOSQUITTO_DIR / "edge-agent.conf").read_text()
+        replacements = {
+            "listener 8883": f"listener {self.port} {self.host}",
+            "/etc/mosquitto/certs": str(self.pki),
+            "/etc/mosquitto/edge-agent.acl": str(MOSQUITTO_DIR / "edge-agent.acl"),
+        }
+        for old, new in replacements.items():
+            assert old in text, old
+            text = text.replace(old, new)
+        # Tests only: no disk persistence, and stay root to read the tmp files.
+        return text + "persistence false\nuser root\n"
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, pki: Path) -> Iterator[FleetBroker]:
+    broker = FleetBroker(tmp_path, pki)
+    broker.start()
+    yield broker
+    broker.kill()
+
+
+def tls(pki: Path, cert: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    if cert is not None:
+        context.load_cert_chain(pki / f"{cert}.crt", pki / f"{cert}.key")
+    return context
+
+
+def as_client(pki: Path, cert: str | None, name: str) -> dict[str, Any]:
+    return {
+        "identifier": name,
+        "protocol": aiomqtt.ProtocolVersion.V5,
+        "tls_context": tls(pki, cert),
+    }
+
+
+@contextlib.asynccontextmanager
+async def client(broker: Broker, pki: Path, cert: str | None) -> AsyncIterator[aiomqtt.Client]:
+    async with aiomqtt.Client(
+        broker.host, broker.port, **as_client(pki, cert, f"test-{cert}")
+    ) as connected:
+        yield connected
+
+
+async def test_a_node_publishes_only_under_its_own_name(fleet: FleetBroker, pki: Path) -> None:
+    operator = as_client(pki, "operators/admin", "operator")
+    async with (
+        watch(fleet, "microk8s/#", **operator) as ops,
+        client(fleet, pki, "nodes/pi-01") as n1,
+    ):
+        await n1.publish(f"{R2}/state", b'{"state":"online"}', qos=1)
+        await n1.publish(f"{R1}/cmd", b"self-command", qos=1)
+        await n1.publish(f"{R1}/state", b'{"state":"online"}', qos=1)
+        await ops.wait_for(lambda t, p: t == f"{R1}/state")
+    topics = [topic for topic, _, _ in ops.messages]
+    assert f"{R2}/state" not in topics
+    assert topics.count(f"{R1}/state") == 1
+
+
+async def test_an_operator_cannot_impersonate_a_node(fleet: FleetBroker, pki: Path) -> None:
+    operator = as_client(pki, "operators/admin", "operator")
+    async with (
+        watch(fleet, "microk8s/#", **operator) as ops,
+        client(fleet, pki, "operators/admin") as op,
+    ):
+        await op.publish(f"{R1}/state", b'{"state":"offline"}', qos=1)
+        await op.publish(f"{R1}/cmd", b"barrier", qos=1)
+        await ops.wait_for(lambda t, p: t == f"{R1}/cmd")
+    assert [t for t, _, _ in ops.messages] == [f"{R1}/cmd"]
+
+
+async def test_a_node_reads_its_commands_and_peers_presence_only(
+    fleet: FleetBroker, pki: Path
+) -> None:
+    async with client(fleet, pki, "nodes/pi-02") as n2:
+        await n2.publish(f"{R2}/state", b'{"state":"online","session":3}', qos=1, retain=True)
+        await n2.publish(f"{R2}/health", b'{"status":"ok"}', qos=1, retain=True)
+    node = as_client(pki, "nodes/pi-01", "pi-01")
+    filters = (f"{R2}/cmd", f"{R1}/cmd", f"{R2}/state", f"{R2}/health")
+    async with watch(fleet, *filters, **node) as n1, client(fleet, pki, "operators/admin") as op:
+        await n1.wait_for(lambda t, p: t == f"{R2}/state")
+        await op.publish(f"{R2}/cmd", b"for-pi-02", qos=1)
+        await op.publish(f"{R1}/cmd", b"for-pi-01", qos=1)
+        await n1.wait_for(lambda t, p: t == f"{R1}/cmd")
+    received = {topic: payload for topic, payload, _ in n1.messages}
+    assert received[f"{R1}/cmd"] == b"for-pi-01"
+    assert f"{R2}/cmd" not in received
+    assert f"{R2}/health" not in received
+
+
+class Recorder(logging.Handler):
+    """Collects paho's log lines: they carry the TLS alert that aiomqtt reports as a timeout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("no certificate", "CERTIFICATE_REQUIRED"),
+        ("foreign CA", "UNKNOWN_CA"),
+        ("plain TCP", "Connection reset"),
+    ],
+)
+async def test_a_client_without_a_fleet_certificate_cannot_connect(
+    fleet: FleetBroker, pki: Path, tmp_path: Path, how: str, reason: str
+) -> None:
+    recorder = Recorder()
+    logger = logging.getLogger(f"test-intruder-{how}")
+    logger.addHandler(recorder)
+    logger.propagate = False
+    kwargs: dict[str, Any] = {"identifier": "intruder", "protocol": aiomqtt.ProtocolVersion.V5}
+    if how == "no certificate":
+        kwargs["tls_context"] = tls(pki, None)
+    elif how == "foreign CA":
+        rogue = make_certs(tmp_path / "rogue", "pi-01")
+        context = tls(pki, None)
+        context.load_cert_chain(rogue / "nodes" / "pi-01.crt", rogue / "nodes" / "pi-01.key")
+        kwargs["tls_context"] = context
+    with pytest.raises(aiomqtt.MqttError):
+        async with aiomqtt.Client(fleet.host, fleet.port, timeout=2, logger=logger, **kwargs):
+            pass
+    assert any(reason in line for line in recorder.lines), recorder.lines
+    # The broker is up and takes fleet certificates: the refusal was about the certificate.
+    async with client(fleet, pki, "nodes/pi-01"):
+        pass
+
+
+async def test_the_agent_works_under_the_acl_and_answers_an_operator(
+    tmp_path: Path, fleet: FleetBroker, pki: Path, spawn_agent
+) -> None:
+    config = agent_config(
+        tmp_path,
+        fleet,
+        node={"name": "pi-01", "cluster": "lab"},
+        mqtt={
+            "tls": True,
+            "ca_file": str(pki / "ca.crt"),
+            "cert_file": str(pki / "nodes" / "pi-01.crt"),
+            "key_file": str(pki / "nodes" / "pi-01.key"),
+        },
+    )
+    operator = as_client(pki, "operators/admin", "operator")
+    async with watch(fleet, "microk8s/#", **operator) as ops:
+        spawn_agent(config)
+        await ops.wait_for(lambda t, p: t == f"{R1}/state" and p["state"] == "online", timeout_s=30)
+        await ops.wait_for(lambda t, p: t == f"{R1}/health", timeout_s=30)
+        operator_cli = [
+            *("--broker", f"{fleet.host}:{fleet.port}", "--cluster", "lab"),
+            *("--ca-file", str(pki / "ca.crt")),
+            *("--cert-file", str(pki / "operators" / "admin.crt")),
+            *("--key-file", str(pki / "operators" / "admin.key")),
+        ]
+        sent = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "send",
+                *operator_cli,
+                "--timeout",
+                "30",
+                "pi-01",
+                "status",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert "succeeded" in sent.stdout
+        await ops.wait_for(
+            lambda t, p: t.startswith(f"{R1}/cmd/") and p["status"] == "succeeded", timeout_s=30
+        )

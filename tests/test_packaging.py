@@ -1,0 +1,248 @@
+"""CI checks of the packaging (snapcraft cannot run here, nor can systemd start units).
+
+- snap/snapcraft.yaml against snapcraft's JSON schema (the `$defs` entry for its base);
+- `snap pack --check-skeleton` (snapd's own validator) on a meta/snap.yaml generated from it;
+- every pinned runtime dependency has an aarch64 CPython 3.12 wheel on PyPI (a Pi never compiles);
+- systemd/edge-agent.service: exposure score <= 2.0 and a silent `systemd-analyze verify`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from tests import pins
+from tests.paths import FIXTURES, REPO
+
+SNAPCRAFT = REPO / "snap" / "snapcraft.yaml"
+REQUIREMENTS = REPO / "snap" / "requirements.txt"
+UNIT = REPO / "systemd" / "edge-agent.service"
+SCHEMA = FIXTURES.parent / "schemas" / "snapcraft.json"
+SCORE_LIMIT = 2.0
+# snap.yaml keys an app or hook carries over from snapcraft.yaml unchanged.
+APP_KEYS = (
+    "command",
+    "daemon",
+    "install-mode",
+    "restart-condition",
+    "restart-delay",
+    "stop-timeout",
+    "environment",
+    "plugs",
+)
+
+
+def tool(name: str) -> str:
+    """A real system tool (never the fakes in tests/fakes); missing means the CI setup is broken."""
+    for candidate in (f"/usr/bin/{name}", f"/usr/sbin/{name}", shutil.which(name)):
+        if candidate and Path(candidate).is_file() and "fakes" not in candidate:
+            return candidate
+    pytest.fail(f"{name} is not installed: run `.ci/bootstrap.sh test` (it installs it)")
+
+
+def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False, **kwargs)
+
+
+def snapcraft() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(SNAPCRAFT.read_text())
+    return data
+
+
+# -- snapcraft.yaml ---------------------------------------------------------------------------
+
+
+def test_snapcraft_yaml_matches_the_schema_of_its_base() -> None:
+    schema = json.loads(SCHEMA.read_text())
+    project = snapcraft()
+    assert project["base"] == "core24"
+    definition = {"$defs": schema["$defs"], **schema["$defs"]["Core24Project"]}
+    validator = jsonschema.Draft202012Validator(definition)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(project)]
+    assert errors == []
+    assert not list(jsonschema.Draft202012Validator(schema).iter_errors(project))
+
+
+def test_snapcraft_yaml_is_the_design() -> None:
+    project = snapcraft()
+    assert project["name"] == "microk8s-edge-agent"
+    assert (project["confinement"], project["grade"]) == ("strict", "stable")
+    assert set(project["platforms"]) == {"arm64", "amd64"}
+    app = project["apps"]["daemon"]
+    assert app["daemon"] == "simple"
+    assert app["restart-condition"] == "on-failure"
+    assert app["install-mode"] == "disable"
+    assert app["command"].split()[0] == "bin/edge-agent"
+    for plug in ("network", "network-bind", "snapd-control", "microk8s", "dqlite-backend"):
+        assert plug in app["plugs"]
+    content = project["plugs"]["microk8s"]
+    assert (content["interface"], content["content"]) == ("content", "microk8s")
+    assert content["target"] == "$SNAP_DATA/microk8s-credentials"
+    assert project["plugs"]["dqlite-backend"]["read"] == [
+        "/var/snap/microk8s/current/var/kubernetes/backend"
+    ]
+    assert project["parts"]["agent"]["python-requirements"] == ["snap/requirements.txt"]
+
+
+# -- snap pack --check-skeleton -----------------------------------------------------------------
+
+
+def skeleton(project: dict[str, Any], root: Path) -> Path:
+    """The prime directory snapcraft would produce, minus the venv: meta/snap.yaml, hooks, bin."""
+    apps = {
+        name: {key: app[key] for key in APP_KEYS if key in app}
+        for name, app in project["apps"].items()
+    }
+    meta = {
+        "name": project["name"],
+        "version": project["version"],
+        "summary": project["summary"],
+        "description": project["description"],
+        "base": project["base"],
+        "grade": project["grade"],
+        "confinement": project["confinement"],
+        "license": project["license"],
+        "architectures": ["arm64"],
+        "plugs": project["plugs"],
+        "apps": apps,
+        "hooks": {name: hook or {} for name, hook in project.get("hooks", {}).items()},
+    }
+    (root / "meta" / "hooks").mkdir(parents=True)
+    (root / "meta" / "snap.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    for hook in (REPO / "snap" / "hooks").iterdir():
+        shutil.copy2(hook, root / "meta" / "hooks" / hook.name)
+    for app in apps.values():
+        command = root / app["command"].split()[0]
+        command.parent.mkdir(parents=True, exist_ok=True)
+        command.write_text("#!/bin/sh\nexit 0\n")
+        command.chmod(0o755)
+    return root
+
+
+def check_skeleton(root: Path) -> subprocess.CompletedProcess[str]:
+    return run([tool("snap"), "pack", "--check-skeleton", str(root)])
+
+
+def test_snap_pack_accepts_the_skeleton(tmp_path: Path) -> None:
+    result = check_skeleton(skeleton(snapcraft(), tmp_path / "prime"))
+    output = result.stdout + result.stderr
+    print(f"snap pack --check-skeleton: rc={result.returncode} output={output!r}")
+    assert result.returncode == 0, output
+    assert "bad plugs or slots" not in output
+    assert output.strip() == ""
+
+
+def test_the_skeleton_check_catches_a_bad_plug(tmp_path: Path) -> None:
+    project = snapcraft()
+    project["plugs"]["dqlite-backend"]["read"] = ["var/snap/microk8s"]
+    result = check_skeleton(skeleton(project, tmp_path / "prime"))
+    assert "bad plugs or slots" in result.stdout + result.stderr
+
+
+def test_hooks_and_scripts_are_executable_shell() -> None:
+    scripts = [
+        REPO / "snap" / "hooks" / "configure",
+        REPO / "systemd" / "install.sh",
+        REPO / "configs" / "mosquitto" / "make-certs.sh",
+        REPO / ".ci" / "bootstrap.sh",
+    ]
+    for script in scripts:
+        assert script.stat().st_mode & stat.S_IXUSR, f"{script} is not executable"
+        syntax = run(["sh", "-n", str(script)])
+        assert syntax.returncode == 0, f"{script}: {syntax.stderr}"
+
+
+# -- pinned requirements and wheels ---------------------------------------------------------------
+
+
+def pinned() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for line in REQUIREMENTS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep, f"not pinned: {line!r}"
+            found[canonicalize_name(name)] = version.strip()
+    return found
+
+
+def test_requirements_pin_every_runtime_dependency() -> None:
+    pins_by_name = pinned()
+    for name, requirement in pins.closure().items():
+        assert name in pins_by_name, f"{name} missing from snap/requirements.txt"
+        assert requirement.specifier.contains(pins_by_name[name], prereleases=True), (
+            f"{name}=={pins_by_name[name]} does not satisfy {requirement}"
+        )
+    project = Requirement(f"{pins.PROJECT}[kube]")
+    assert canonicalize_name(project.name) not in pins_by_name
+
+
+def test_every_pin_has_an_aarch64_wheel_for_python_312(tmp_path: Path) -> None:
+    # Network: PyPI must answer. Unreachable is a failure, not a skip: the snap build needs it.
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    target = ["--platform", "manylinux2014_aarch64", "--python-version", "3.12"]
+    files = ["-d", str(tmp_path), "-r", str(REQUIREMENTS)]
+    result = run([*pip, "download", "--only-binary=:all:", "--no-deps", *target, *files])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    wheels = {canonicalize_name(p.name.split("-")[0]) for p in tmp_path.glob("*.whl")}
+    assert wheels == set(pinned())
+
+
+# -- systemd -------------------------------------------------------------------------------------
+
+
+def unit_for_this_machine(tmp_path: Path) -> Path:
+    """The unit with ExecStart pointing at this venv's edge-agent (verify needs it to exist)."""
+    text = UNIT.read_text()
+    executable = Path(sys.executable).parent / "edge-agent"
+    assert "ExecStart=/opt/edge-agent/bin/edge-agent " in text
+    copy = tmp_path / "edge-agent.service"
+    copy.write_text(
+        text.replace("ExecStart=/opt/edge-agent/bin/edge-agent ", f"ExecStart={executable} ")
+    )
+    return copy
+
+
+def exposure(unit: Path) -> float:
+    result = run([tool("systemd-analyze"), "security", "--offline=yes", str(unit)])
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", result.stdout)
+    assert match, result.stdout[-2000:] + result.stderr
+    print(f"systemd exposure: {match[1]} {match[2]}")
+    return float(match[1])
+
+
+def test_unit_exposure_score_is_ok(tmp_path: Path) -> None:
+    assert exposure(unit_for_this_machine(tmp_path)) <= SCORE_LIMIT
+
+
+def test_unit_hardening_is_what_a_metrics_agent_tolerates() -> None:
+    text = UNIT.read_text()
+    assert not re.search(r"^(ProcSubset|ProtectProc)=", text, re.M)
+    assert re.search(r"^RestrictAddressFamilies=.*AF_NETLINK", text, re.M)
+    assert re.search(r"^Type=notify$", text, re.M)
+    assert re.search(r"^WatchdogSec=", text, re.M)
+    assert re.search(r"^StateDirectory=edge-agent$", text, re.M)
+
+
+def test_unit_verifies_silently(tmp_path: Path) -> None:
+    result = run([tool("systemd-analyze"), "verify", str(unit_for_this_machine(tmp_path))])
+    assert result.returncode == 0
+    assert (result.stdout + result.stderr).strip() == ""
+
+
+def test_verify_output_catches_a_typo(tmp_path: Path) -> None:
+    unit = unit_for_this_machine(tmp_path)
+    unit.write_text(unit.read_text().replace("ProtectHome=yes", "ProtectHom=yes"))
+    result = run([tool("systemd-analyze"), "verify", str(unit)])
+    assert "ProtectHom" in result.stdout + result.stderr
