@@ -3,7 +3,7 @@
 `edge-agent keygen NAME` makes an Ed25519 key pair; `edge-agent send … NODE VERB …` builds, signs
 and publishes a command, then prints each status as it arrives (exit 0 succeeded, 1 failed or
 timed out, 2 rejected, 3 no answer); `edge-agent nodes` lists the nodes from their retained
-state and health. MQTT goes through agent.transport like everything else.
+state and health. MQTT goes through agent.mqttclient, a short-lived client.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent import protocol, signing, transport
+from agent import mqttclient, protocol, signing, transport
 from agent.config import MqttSettings
 from agent.errors import AgentError
 from agent.topics import Topics
@@ -262,7 +262,7 @@ async def _send(ns: argparse.Namespace) -> int:
     reply = f"{topics.root}/reply/{secrets.token_hex(8)}"
     correlation = secrets.token_bytes(16)
     client_id = f"edge-agent-operator-{secrets.token_hex(4)}"
-    async with transport.operator_client(_mqtt(ns), client_id) as client:
+    async with mqttclient.operator_client(_mqtt(ns), client_id) as client:
         await client.subscribe(reply)
         await client.subscribe(topics.cmd_status(envelope["id"]))
         await client.publish(
@@ -292,7 +292,7 @@ class _Follower:
         self._printed: set[bytes] = set()
         self.seen = False
 
-    async def follow(self, client: transport.OperatorClient) -> int:
+    async def follow(self, client: mqttclient.OperatorClient) -> int:
         async for inbound in client.messages():
             status = self._status(inbound)
             if status is None or inbound.payload in self._printed:
@@ -327,7 +327,7 @@ async def _nodes(ns: argparse.Namespace) -> int:
     states: dict[str, dict[str, Any]] = {}
     healths: dict[str, dict[str, Any]] = {}
     client_id = f"edge-agent-operator-{secrets.token_hex(4)}"
-    async with transport.operator_client(_mqtt(ns), client_id) as client:
+    async with mqttclient.operator_client(_mqtt(ns), client_id) as client:
         await client.subscribe(f"{base}/+/state")
         await client.subscribe(f"{base}/+/health")
         try:

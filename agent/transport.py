@@ -13,12 +13,10 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import json
 import random
 import socket
-import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +25,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent import statefiles
+from agent import mqttauth, statefiles
 from agent.config import MqttSettings
 from agent.errors import StateError, TransportError
 from agent.logs import get_logger
+from agent.presence import backoff_delay, presence_payload
 from agent.topics import Topics
 
 log = get_logger(__name__)
 
-BACKOFF_BASE_S = 0.5
-BACKOFF_CAP_S = 60.0
 OUTBOX_LIMIT = 1000
 PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 0.5
@@ -71,24 +68,6 @@ class _Outgoing:
     qos: int
     retain: bool
     correlation_data: bytes | None
-
-
-def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
-    """Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2**attempt)]."""
-    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** min(attempt, 16)))
-    return (rng or random).uniform(0, ceiling)
-
-
-def presence_payload(state: str, session: int, version: str, reason: str | None = None) -> bytes:
-    body: dict[str, Any] = {
-        "state": state,
-        "session": session,
-        "ts": round(time.time(), 3),
-        "agent_version": version,
-    }
-    if reason:
-        body["reason"] = reason
-    return json.dumps(body, separators=(",", ":")).encode()
 
 
 class Link:
@@ -326,7 +305,7 @@ class Link:
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            inbound = _to_inbound(message)
+            inbound = to_inbound(message)
             for topic_filter, _, handler in self._subscriptions:
                 if message.topic.matches(topic_filter):
                     handler(inbound)
@@ -368,13 +347,13 @@ class Link:
             retain=True,
         )
         protocol = aiomqtt.ProtocolVersion.V5 if s.protocol == 5 else aiomqtt.ProtocolVersion.V311
-        tls_context = await asyncio.to_thread(self._tls_context) if s.tls else None
+        tls_context = await asyncio.to_thread(mqttauth.tls_context, s) if s.tls else None
         return aiomqtt.Client(
             s.host,
             s.port,
             identifier=f"edge-agent-{self._topics.cluster}-{self._topics.node}",
             username=s.username or None,
-            password=await asyncio.to_thread(self._password),
+            password=await asyncio.to_thread(mqttauth.read_password, s),
             protocol=protocol,
             will=will,
             keepalive=s.keepalive_s,
@@ -385,27 +364,8 @@ class Link:
             socket_options=NO_DELAY,
         )
 
-    def _password(self) -> str | None:
-        path = self._settings.password_file
-        if not path:
-            return None
-        try:
-            return Path(path).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise TransportError(f"cannot read mqtt.password_file: {exc.strerror}") from exc
 
-    def _tls_context(self) -> ssl.SSLContext:
-        s = self._settings
-        try:
-            context = ssl.create_default_context(cafile=s.ca_file or None)
-            if s.cert_file:
-                context.load_cert_chain(s.cert_file, s.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise TransportError(f"cannot load TLS material: {exc}") from exc
-        return context
-
-
-def _to_inbound(message: aiomqtt.Message) -> Inbound:
+def to_inbound(message: aiomqtt.Message) -> Inbound:
     # paho hands the raw bytes through; aiomqtt's type also admits str/int/float/None.
     payload: Any = message.payload
     data = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
@@ -429,100 +389,3 @@ def response_target(inbound: Inbound) -> tuple[str, bytes | None] | None:
     if inbound.response_topic:
         return inbound.response_topic, inbound.correlation_data
     return None
-
-
-# -- operator client ------------------------------------------------------------------------
-# A short-lived MQTT 5 client for `edge-agent send/nodes` (agent.operator): no presence, no
-# reconnect, request/response properties exposed. Kept here so aiomqtt stays in one module.
-
-
-class OperatorClient:
-    """Subscribe, publish (with Response Topic / Correlation Data) and read `Inbound`s."""
-
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self._client = client
-
-    async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
-        try:
-            await self._client.subscribe(topic_filter, qos=qos, timeout=PUBLISH_TIMEOUT_S)
-        except aiomqtt.MqttError as exc:
-            raise TransportError(f"subscribe to {topic_filter} failed: {exc}") from exc
-
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 1,
-        response_topic: str | None = None,
-        correlation_data: bytes | None = None,
-    ) -> None:
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        if response_topic is not None:
-            properties.ResponseTopic = response_topic
-        if correlation_data is not None:
-            properties.CorrelationData = correlation_data
-        try:
-            await self._client.publish(
-                topic, payload, qos=qos, properties=properties, timeout=PUBLISH_TIMEOUT_S
-            )
-        except aiomqtt.MqttError as exc:
-            raise TransportError(f"publish to {topic} failed: {exc}") from exc
-
-    async def messages(self) -> AsyncIterator[Inbound]:
-        try:
-            async for message in self._client.messages:
-                yield _to_inbound(message)
-        except aiomqtt.MqttError as exc:
-            raise TransportError(f"connection to the broker lost: {exc}") from exc
-
-
-@contextlib.asynccontextmanager
-async def operator_client(settings: MqttSettings, identifier: str) -> AsyncIterator[OperatorClient]:
-    """Connect with MQTT 5 (host, port, credentials and TLS from `settings`).
-
-    Raises:
-        TransportError: the broker cannot be reached or refuses the connection.
-    """
-    password = await asyncio.to_thread(_operator_password, settings)
-    tls_context = await asyncio.to_thread(_operator_tls, settings) if settings.tls else None
-    client = aiomqtt.Client(
-        settings.host,
-        settings.port,
-        identifier=identifier,
-        username=settings.username or None,
-        password=password,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        keepalive=settings.keepalive_s,
-        timeout=10,
-        tls_context=tls_context,
-        socket_options=NO_DELAY,
-    )
-    try:
-        await client.__aenter__()
-    except aiomqtt.MqttError as exc:
-        raise TransportError(f"cannot connect to {settings.host}:{settings.port}: {exc}") from exc
-    try:
-        yield OperatorClient(client)
-    finally:
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.__aexit__(None, None, None)
-
-
-def _operator_password(settings: MqttSettings) -> str | None:
-    if not settings.password_file:
-        return None
-    try:
-        return Path(settings.password_file).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise TransportError(f"cannot read the password file: {exc.strerror}") from exc
-
-
-def _operator_tls(settings: MqttSettings) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(cafile=settings.ca_file or None)
-        if settings.cert_file:
-            context.load_cert_chain(settings.cert_file, settings.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise TransportError(f"cannot load TLS material: {exc}") from exc
-    return context

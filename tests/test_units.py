@@ -10,9 +10,9 @@ import pytest
 
 from agent import statefiles
 from agent.errors import StateError
+from agent.presence import BACKOFF_CAP_S, backoff_delay, presence_payload
 from agent.state import AgentState, LinkView, readiness
 from agent.topics import Topics
-from agent.transport import BACKOFF_CAP_S, backoff_delay, presence_payload
 
 
 def test_topics() -> None:
