@@ -255,3 +255,18 @@ async def watch(broker: Broker, *topics: str, **client_kwargs: Any) -> AsyncIter
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await pump
+
+
+@contextlib.asynccontextmanager
+async def running_agent(path: Path) -> AsyncIterator[Any]:
+    """The whole agent in-process (same event loop as the test), stopped cleanly on exit."""
+    from agent import config as config_mod
+    from agent.app import Agent
+
+    agent = Agent(config_mod.load(path, {}))
+    task = asyncio.create_task(agent.run())
+    try:
+        yield agent
+    finally:
+        agent.stop_requested.set()
+        await asyncio.wait_for(task, 10)

@@ -5,31 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from agent import config as config_mod
-from agent.app import Agent
-from tests.conftest import Broker, agent_config, free_port, watch
+from tests.conftest import Broker, agent_config, free_port, running_agent, watch
 
 pytestmark = pytest.mark.broker
 
 STATE = "microk8s/lab/nodes/test-node/state"
 HEALTH = "microk8s/lab/nodes/test-node/health"
-
-
-@contextlib.asynccontextmanager
-async def running_agent(path: Path) -> AsyncIterator[Agent]:
-    agent = Agent(config_mod.load(path, {}))
-    task = asyncio.create_task(agent.run())
-    try:
-        yield agent
-    finally:
-        agent.stop_requested.set()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_endpoint_over_tcp(tmp_path: Path, broker: Broker) -> None:

@@ -4,8 +4,6 @@ quorum gate seen end to end through `R/cmd`."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import shutil
 import time
@@ -16,9 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent import config as config_mod
 from agent import ha
-from agent.app import Agent
 from agent.operator import build_envelope
 from tests.cluster_fakes import (
     FakeMember,
@@ -28,7 +24,7 @@ from tests.cluster_fakes import (
     self_signed,
     write_backend_dir,
 )
-from tests.conftest import Broker, agent_config, free_port, watch
+from tests.conftest import Broker, agent_config, free_port, running_agent, watch
 from tests.paths import FAKES, MICROK8S_CLI
 
 pytestmark = pytest.mark.broker
@@ -85,17 +81,6 @@ def settings_for(
         },
         commands={"allow_unsigned": True},
     )
-
-
-@contextlib.asynccontextmanager
-async def running_agent(path: Path) -> AsyncIterator[Agent]:
-    agent = Agent(config_mod.load(path, {}))
-    task = asyncio.create_task(agent.run())
-    try:
-        yield agent
-    finally:
-        agent.stop_requested.set()
-        await asyncio.wait_for(task, 10)
 
 
 def on_ha(predicate: Callable[[Any], bool]) -> Callable[[str, Any], bool]:
