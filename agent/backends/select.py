@@ -37,7 +37,7 @@ async def probe_snapd(settings: MicroK8sSettings) -> str | None:
         await SnapdClient(settings.snapd_socket, timeout_s=timeout_s).snap()
     except SnapdError as exc:
         if exc.status_code is None:
-            return f"snapd socket {settings.snapd_socket}: {exc}"
+            return str(exc)
     return None
 
 
