@@ -39,6 +39,8 @@ if [ "$want_tests" = "test" ]; then
     have systemd-analyze || apt_install systemd || true
     have openssl || apt_install openssl || true
     have unshare || apt_install util-linux || true
+    # libfaketime moves the agent's wall clock in tests/faults (clock jumps).
+    dpkg -L libfaketime 2>/dev/null | grep -q 'libfaketime.so.1$' || apt_install faketime || true
 fi
 extras=""
 [ "$want_tests" = "test" ] && extras="[test]"

@@ -85,8 +85,10 @@ class Journal:
                 self._records[record.id] = record
         interrupted = [r for r in self._records.values() if r.status.get("status") in NON_TERMINAL]
         if lines:
-            with contextlib.suppress(StateError):
-                self.compact()
+            # Rewrite without duplicates, but expire nothing: the wall clock may be wrong right
+            # now (a forward jump), and forgetting an unexpired id would let its replay run.
+            with self._lock, contextlib.suppress(StateError):
+                self._compact_locked(expire=False)
         log.info("journal_loaded", records=len(self._records), interrupted=len(interrupted))
         return interrupted
 
@@ -127,6 +129,8 @@ class Journal:
 
     def compact(self) -> None:
         """Rewrite the file atomically without the records whose replay window is over.
+
+        Only done when the journal reaches its size bound (and on request), never at start-up.
 
         Raises:
             StateError: the file cannot be replaced.
@@ -171,8 +175,9 @@ class Journal:
         for command_id in [i for i, r in self._records.items() if _expired(r, now)]:
             del self._records[command_id]
 
-    def _compact_locked(self) -> None:
-        self._prune(self._clock())
+    def _compact_locked(self, *, expire: bool = True) -> None:
+        if expire:
+            self._prune(self._clock())
         data = b"".join(r.line() for r in self._records.values() if r.durable)
         self._close_fd()
         statefiles.atomic_write(self.path, data)

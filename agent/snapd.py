@@ -129,7 +129,8 @@ class SnapdClient:
                 http_status = response.status
         except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
             raise SnapdError(
-                f"snapd at {self.socket_path} unreachable: {_why(exc)}", kind="unreachable"
+                f"snapd at {self.socket_path} unreachable: {_why(exc, self._timeout.total)}",
+                kind="unreachable",
             ) from exc
         env = snapd_model.envelope(data, http_status)
         if env.is_error:
@@ -144,11 +145,14 @@ def _change_id(env: Envelope) -> str:
     return env.change
 
 
-def _why(exc: BaseException) -> str:
-    """A short reason; aiohttp's connector errors wrap the OSError that says what happened."""
+def _why(exc: BaseException, limit_s: float | None = None) -> str:
+    """A short reason; aiohttp's connector errors wrap the OSError that says what happened.
+
+    A hung snapd says "timed out", as a hung `microk8s status` does in the cli backend's facts.
+    """
     cause = getattr(exc, "os_error", None) or exc
     if isinstance(cause, OSError) and cause.strerror:
         return cause.strerror.lower()
     if isinstance(exc, TimeoutError):
-        return "no answer in time"
+        return f"timed out after {limit_s:g} s (no answer)" if limit_s else "timed out (no answer)"
     return str(exc) or type(exc).__name__

@@ -2,10 +2,12 @@
 
 Changes progress one step per poll (`change-doing.json` ... `change-done.json` or
 `change-error.json`); a finished refresh changes what `GET /v2/snaps/microk8s` reports.
+`hang` holds every request without an answer (a stuck snapd), until it is set back to False.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.base import Recorder, Server, fixture_json, json_response
+from tests.fakes.base import Handler, Recorder, Server, fixture_json, json_response
 
 FOLDER = "snapd"
 SNAP = "microk8s"
@@ -64,10 +66,13 @@ class FakeSnapd:
         self.on_refreshed: Callable[[str], None] | None = None
         """Called with the new version when a refresh change completes."""
         self.configs: list[str] = []
+        self.hang = False
+        """While True, every request is held without an answer (a stuck snapd); set it back to
+        False to let the held ones through."""
         self._changes: dict[str, list[dict[str, Any]]] = {}
         self._after: dict[str, Callable[[], None]] = {}
         self._next_id = 60
-        app = web.Application(middlewares=[self.recorder.middleware])
+        app = web.Application(middlewares=[self.recorder.middleware, self._hold])
         app.router.add_get("/v2/snaps/{name}", self._get_snap)
         app.router.add_post("/v2/snaps/{name}", self._post_snap)
         app.router.add_put("/v2/snaps/{name}/conf", self._put_conf)
@@ -79,7 +84,14 @@ class FakeSnapd:
         return self
 
     async def stop(self) -> None:
+        self.hang = False  # held requests end now, not at aiohttp's 60 s shutdown timeout
         await self.server.stop()
+
+    @web.middleware
+    async def _hold(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        while self.hang:
+            await asyncio.sleep(0.05)
+        return await handler(request)
 
     def set_version(self, version: str, revision: str, channel: str) -> None:
         assert self.snap is not None
