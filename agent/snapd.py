@@ -127,7 +127,13 @@ class SnapdClient:
             ):
                 data = await response.json(content_type=None)
                 http_status = response.status
-        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
+        except TimeoutError as exc:
+            # snapd took the request (or part of it) and did not answer: it may have acted.
+            raise SnapdError(
+                f"snapd at {self.socket_path} did not answer: {_why(exc, self._timeout.total)}",
+                kind="no-answer",
+            ) from exc
+        except (aiohttp.ClientError, ValueError, OSError) as exc:
             raise SnapdError(
                 f"snapd at {self.socket_path} unreachable: {_why(exc, self._timeout.total)}",
                 kind="unreachable",
@@ -154,5 +160,5 @@ def _why(exc: BaseException, limit_s: float | None = None) -> str:
     if isinstance(cause, OSError) and cause.strerror:
         return cause.strerror.lower()
     if isinstance(exc, TimeoutError):
-        return f"timed out after {limit_s:g} s (no answer)" if limit_s else "timed out (no answer)"
+        return f"timed out after {limit_s:g} s" if limit_s else "timed out"
     return str(exc) or type(exc).__name__

@@ -299,6 +299,22 @@ async def test_refresh_times_out(snap_env: SnapEnv) -> None:
     assert outcome.error == "snapd change 57 still Doing after 0.2 s"
 
 
+async def test_refresh_without_an_answer_may_have_started(snap_env: SnapEnv) -> None:
+    # A stuck snapd took the request and never answered: it may have acted, so the agent must
+    # not claim it did not (nor blame a missing interface).
+    snap_env.snapd.hang = True
+    try:
+        backend = snap_env.backend(status_timeout_s=0.3)
+        outcome = await backend.refresh("1.33-strict/stable", progress=Progress())
+    finally:
+        snap_env.snapd.hang = False
+    assert not outcome.ok
+    assert outcome.error is not None
+    assert outcome.error.startswith("refresh may have started: snapd at ")
+    assert "did not answer: timed out after 0.3 s" in outcome.error
+    assert "snapd-control" not in outcome.error
+
+
 # --- join -------------------------------------------------------------------------------------
 
 

@@ -335,6 +335,8 @@ def _refused(what: str, exc: SnapdError, mask: Mask = _plain) -> Outcome:
     """A snapd refusal (or an unreachable snapd) as a failed Outcome with snapd's kind."""
     if exc.kind == "unreachable":
         error = mask(f"{what} not started: {exc} (it needs the snapd-control interface)")
+    elif exc.kind == "no-answer":
+        error = mask(f"{what} may have started: {exc}; check `snap changes microk8s`")
     else:
         kind = f" ({exc.kind})" if exc.kind else ""
         error = mask(f"snapd refused the {what}: {exc}{kind}")
