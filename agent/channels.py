@@ -16,7 +16,7 @@ from agent.errors import AgentError
 
 RISKS = ("stable", "candidate", "beta", "edge")
 CHANNEL_RE = re.compile(
-    r"^(?P<track>latest|(?P<major>\d{1,3})\.(?P<minor>\d{1,3})(?P<strict>-strict)?)"
+    r"^(?P<track>latest|(?P<major>[0-9]{1,3})\.(?P<minor>[0-9]{1,3})(?P<strict>-strict)?)"
     r"/(?P<risk>[a-z]+)$"
 )
 KUBE_VERSION_RE = re.compile(r"^v?(?P<major>\d+)\.(?P<minor>\d+)(?:\.\d+)?(?:[-+].*)?$")
@@ -56,7 +56,7 @@ def parse_channel(text: str) -> Channel:
     Raises:
         ChannelError: with the expected form.
     """
-    match = CHANNEL_RE.match(text)
+    match = CHANNEL_RE.fullmatch(text)
     if match is None:
         raise ChannelError(
             "channel must be <track>/<risk> with track 1.NN, 1.NN-strict or latest"

@@ -184,6 +184,8 @@ class Dispatcher:
         try:
             await self._sink.record(accepted, until, durable=True, strict=True)
         except StateError as exc:
+            # An operator must see this in the logs too, not only on the command's topic.
+            log.error("journal_write_failed", command_id=command.id, error=str(exc))
             reason = (
                 f"cannot record the command in the journal ({exc}); commands that change the"
                 " node are refused until state.dir is writable and has room"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import threading
 import time
@@ -32,8 +33,13 @@ log = get_logger(__name__)
 
 JOURNAL_FILE = "commands.journal"
 NON_TERMINAL = frozenset({"accepted", "running"})
-# In-memory-only records (read-only commands) are pruned once there are this many.
+# Expired records leave memory at once past MEMORY_PRUNE_AT records (by the wall clock), and at
+# least every PRUNE_EVERY_S once their window has really passed (by the monotonic clock, so a
+# wall-clock jump forgets nothing early): a `status` result holds a whole health snapshot
+# (~4 KiB), and waiting for the count alone let a node asked for its status every second grow
+# by megabytes (found by bench/soak.py).
 MEMORY_PRUNE_AT = 4096
+PRUNE_EVERY_S = 10.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -42,6 +48,8 @@ class Record:
     until: float
     status: dict[str, Any]
     durable: bool = True
+    forget_at: float = math.inf
+    """Monotonic time after which memory may drop the record; inf for records read at start."""
 
     def line(self) -> bytes:
         body = {"id": self.id, "until": round(self.until, 3), "status": self.status}
@@ -52,16 +60,22 @@ class Journal:
     """Index of known command ids (memory) backed by an append-only file (durable ids)."""
 
     def __init__(
-        self, state_dir: Path, max_bytes: int, clock: Callable[[], float] = time.time
+        self,
+        state_dir: Path,
+        max_bytes: int,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = state_dir / JOURNAL_FILE
         self._max_bytes = max_bytes
         self._clock = clock
+        self._monotonic = monotonic
         self._records: dict[str, Record] = {}
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._size = 0
         self._torn = False
+        self._next_prune = 0.0
         self.broken: str | None = None
         """Why the journal cannot be used at all (unreadable at start), or None."""
 
@@ -102,9 +116,7 @@ class Journal:
         with self._lock:
             known = self._records.get(command_id)
             durable = known.durable if known is not None else False
-            self._records[command_id] = Record(command_id, until, status, durable)
-            if len(self._records) > MEMORY_PRUNE_AT:
-                self._prune(self._clock())
+            self._keep(Record(command_id, until, status, durable))
 
     def write(self, command_id: str, status: dict[str, Any], until: float) -> None:
         """Record a status durably (fsync'd) before the caller acts on it.
@@ -125,7 +137,7 @@ class Journal:
                         f" (limit commands.journal_max_bytes = {self._max_bytes})"
                     )
             self._append(line)
-            self._records[command_id] = record
+            self._keep(record)
 
     def compact(self) -> None:
         """Rewrite the file atomically without the records whose replay window is over.
@@ -171,24 +183,48 @@ class Journal:
                 os.close(self._fd)
             self._fd = None
 
+    def _keep(self, record: Record) -> None:
+        """Index a record; its memory lifetime is what is left of its window, now."""
+        now, elapsed = self._clock(), self._monotonic()
+        record.forget_at = elapsed + max(0.0, record.until - now)
+        self._records[record.id] = record
+        if len(self._records) > MEMORY_PRUNE_AT:
+            self._prune(now)
+        elif elapsed >= self._next_prune:
+            self._next_prune = elapsed + PRUNE_EVERY_S
+            self._drop(lambda r: elapsed > r.forget_at)
+
     def _prune(self, now: float) -> None:
-        for command_id in [i for i, r in self._records.items() if _expired(r, now)]:
+        self._drop(lambda r: now > r.until)
+
+    def _drop(self, over: Callable[[Record], bool], *, durable_too: bool = False) -> None:
+        """Forget ids in memory.
+
+        Durable ids (mutating commands) are only forgotten when the journal reaches its size
+        bound (`_compact_locked`): a clock that jumps back a few minutes would otherwise make a
+        forgotten command look valid again, and its replay would run twice. Their memory is
+        bounded by `commands.journal_max_bytes` anyway. A command that never finished is kept
+        until it is reported interrupted.
+        """
+        for command_id in [
+            i
+            for i, r in self._records.items()
+            if over(r)
+            and (durable_too or not r.durable)
+            and r.status.get("status") not in NON_TERMINAL
+        ]:
             del self._records[command_id]
 
     def _compact_locked(self, *, expire: bool = True) -> None:
         if expire:
-            self._prune(self._clock())
+            now = self._clock()
+            self._drop(lambda r: now > r.until, durable_too=True)
         data = b"".join(r.line() for r in self._records.values() if r.durable)
         self._close_fd()
         statefiles.atomic_write(self.path, data)
         self._size = len(data)
         self._torn = False
         log.debug("journal_compacted", bytes=len(data), records=len(self._records))
-
-
-def _expired(record: Record, now: float) -> bool:
-    # A command that never finished must be kept until it is reported interrupted.
-    return now > record.until and record.status.get("status") not in NON_TERMINAL
 
 
 def _parse_line(raw: bytes) -> Record | None:

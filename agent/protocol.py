@@ -205,7 +205,10 @@ def _number(body: Mapping[str, Any], key: str, reject: _Reject) -> float:
     value = body[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise reject(f"{key} must be a number (unix seconds), not {_json_type(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range: no real time
+        number = math.inf
     if not math.isfinite(number) or number < 0:
         raise reject(f"{key} must be a finite, non-negative number of unix seconds")
     return number

@@ -77,7 +77,7 @@ class Verifier:
         for name in paths:
             path = Path(name)
             key_id = path.stem
-            if not KEY_ID_RE.match(key_id):
+            if not KEY_ID_RE.fullmatch(key_id):
                 problems.append(f"{path}: key id {key_id!r} must be 1-64 of [A-Za-z0-9._-]")
             elif key_id in keys:
                 problems.append(f"{path}: key id {key_id!r} is listed twice")
@@ -175,7 +175,7 @@ def generate(name: str, directory: Path) -> tuple[Path, Path]:
     Raises:
         SigningError: bad name, existing files, or the directory is not writable.
     """
-    if not KEY_ID_RE.match(name):
+    if not KEY_ID_RE.fullmatch(name):
         raise SigningError([f"key name {name!r} must be 1-64 of [A-Za-z0-9._-]"])
     private_path, public_path = directory / f"{name}.key", directory / f"{name}.pub"
     for path in (private_path, public_path):

@@ -17,8 +17,10 @@ from agent import channels
 from agent.protocol import Decoded, Envelope, Limits, Rejected, Verb, check_envelope, short
 from agent.secrets import join_url_secrets
 
+# Always applied with fullmatch (`$` alone also matches before a final newline) and spelled with
+# [0-9] (`\d` matches any Unicode digit): what passes here goes into an argv verbatim.
 JOIN_URL_RE = re.compile(
-    r"^(?P<ip>\d{1,3}(?:\.\d{1,3}){3}):(?P<port>\d{1,5})"
+    r"^(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}):(?P<port>[0-9]{1,5})"
     r"/(?P<token>[A-Za-z0-9]{32,256})(?:/(?P<fingerprint>[0-9a-fA-F]{12,64}))?$"
 )
 JOIN_URL_FORMAT = "<IPv4>:<port>/<token>[/<fingerprint>]"
@@ -150,7 +152,11 @@ class _Checker:
     def addon(self) -> AddonArgs:
         self.only({"name", "action", "args"}, {"name", "action"})
         name, action = self._args["name"], self._args["action"]
-        if not isinstance(name, str) or len(name) > ADDON_NAME_MAX or not ADDON_NAME_RE.match(name):
+        if (
+            not isinstance(name, str)
+            or len(name) > ADDON_NAME_MAX
+            or not ADDON_NAME_RE.fullmatch(name)
+        ):
             raise self.reject(
                 "name must be an addon name like dns, core/dns or community/argocd"
                 " (lowercase letters, digits and '-', optionally prefixed by a repository)"
@@ -166,7 +172,7 @@ class _Checker:
         if len(values) > ADDON_ARGS_MAX:
             raise self.reject(f"at most {ADDON_ARGS_MAX} args, got {len(values)}")
         for index, value in enumerate(values):
-            if not isinstance(value, str) or not ADDON_ARG_RE.match(value):
+            if not isinstance(value, str) or not ADDON_ARG_RE.fullmatch(value):
                 raise self.reject(
                     f"args[{index}] must be 1-256 characters of A-Z a-z 0-9 . _ : / , = @ + -"
                 )
@@ -192,7 +198,7 @@ class _Checker:
 
 
 def _valid_join_url(url: str) -> bool:
-    match = JOIN_URL_RE.match(url)
+    match = JOIN_URL_RE.fullmatch(url)
     if match is None:
         return False
     octets_ok = all(int(octet) <= 255 for octet in match["ip"].split("."))

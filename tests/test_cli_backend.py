@@ -78,9 +78,8 @@ def progress() -> Progress:
     return Progress()
 
 
-def backend(**kwargs: float) -> CliBackend:
-    options = {"timeout_s": 20.0, "status_timeout_s": 10.0, **kwargs}
-    return CliBackend(MICROK8S, SNAP, **options)
+def backend(*, timeout_s: float = 20.0, status_timeout_s: float = 10.0) -> CliBackend:
+    return CliBackend(MICROK8S, SNAP, timeout_s=timeout_s, status_timeout_s=status_timeout_s)
 
 
 def test_cli_backend_satisfies_the_protocol() -> None:

@@ -137,3 +137,17 @@ def test_unwritable_state_dir_raises_state_error(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="cannot write"):
         journal.write("c-1", status("c-1", "accepted"), until=2000)
     assert journal.get("c-1") is None
+
+
+def test_durable_ids_outlive_their_window_in_memory_until_the_size_bound(tmp_path: Path) -> None:
+    # A clock stepped back a few minutes after the window passed would make the command look
+    # valid again: the id must still be known then, so only the size bound may forget it.
+    clock, elapsed = Clock(1000), Clock(0)
+    journal = Journal(tmp_path, 1 << 20, clock=clock, monotonic=elapsed)
+    journal.load()
+    journal.write("mutating", status("mutating", "succeeded"), until=1300)
+    journal.remember("read-only", status("read-only", "succeeded"), until=1300)
+    clock.now, elapsed.now = 1400, 400
+    journal.remember("later", status("later", "succeeded"), until=2000)
+    assert journal.get("mutating") is not None
+    assert journal.get("read-only") is None

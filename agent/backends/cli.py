@@ -1,9 +1,9 @@
 """Backend that execs the `microk8s` and `snap` commands, for classic hosts and development.
 
 A strictly confined agent cannot use it (MICROK8S.md §4.2); on a classic host it is the most
-direct path and mirrors what an operator would type. Every call goes through `process.run`, so
-there is never a shell, always a deadline and a bounded output. Arguments are validated by the
-caller (the executors); this module only builds argv lists from them.
+direct path and mirrors what an operator would type. Every call goes through `process.run` (a
+runner tests can replace), so there is never a shell, always a deadline and a bounded output.
+Arguments are validated by the caller (agent.verbs); `Argv` only places them in argv lists.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import dataclasses
 import re
 import shlex
 import shutil
-from collections.abc import Iterable, Sequence
-from typing import TypeAlias
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Protocol, TypeAlias
 
 from agent import process
 from agent.backends.base import Outcome, Progress
@@ -41,12 +41,81 @@ ADDON_ACTIONS = frozenset({"enable", "disable"})
 
 _Result: TypeAlias = process.Completed | ProcessError | CommandTimedOut
 
+
+class Runner(Protocol):
+    """How argv lists are executed: `process.run`, or a recorder in tests that must not spawn."""
+
+    def __call__(self, argv: Sequence[str], *, timeout_s: float) -> Awaitable[process.Completed]:
+        """Raises ProcessError or CommandTimedOut like `process.run`."""
+        ...
+
+
 # A Kubernetes node name (PROTOCOL.md identity rule) or an IPv4 address: what remove-node accepts.
 _REMOVABLE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$|^\d{1,3}(\.\d{1,3}){3}$")
 
 
 async def _quiet(_detail: str) -> None:
     """Progress sink for calls that are not commands (the HA monitor publishes its own events)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Argv:
+    """The exact command lines CliBackend runs, as pure functions of already validated values.
+
+    Kept apart from the I/O so that tests (the fuzz tests above all) check the argv a command
+    would exec without running anything. Callers validate every value first (agent.verbs for
+    command arguments, the configuration for the node name); this only places them.
+    """
+
+    microk8s: str
+    snap: str
+
+    def status(self) -> list[str]:
+        return [self.microk8s, "status", "--format", "yaml"]
+
+    def version(self) -> list[str]:
+        return [self.microk8s, "version"]
+
+    def snap_list(self) -> list[str]:
+        return [self.snap, "list", "microk8s"]
+
+    def get_node(self, node: str) -> list[str]:
+        return [self.microk8s, "kubectl", "get", "node", node, "-o", "json"]
+
+    def join(self, url: str, *, worker: bool) -> list[str]:
+        return [self.microk8s, "join", url, *(["--worker"] if worker else [])]
+
+    def addon(self, name: str, action: str, args: Sequence[str]) -> list[str]:
+        """Raises ValueError for an action other than enable/disable."""
+        if action not in ADDON_ACTIONS:
+            raise ValueError(f"addon action must be enable or disable, not {action!r}")
+        return [self.microk8s, action, name, *args]
+
+    def refresh(self, channel: str) -> list[str]:
+        return [self.snap, "refresh", "microk8s", f"--channel={channel}"]
+
+    def cordon(self, node: str) -> list[str]:
+        return [self.microk8s, "kubectl", "cordon", node]
+
+    def uncordon(self, node: str) -> list[str]:
+        return [self.microk8s, "kubectl", "uncordon", node]
+
+    def drain(self, node: str, timeout_s: int) -> list[str]:
+        return [
+            self.microk8s,
+            "kubectl",
+            "drain",
+            node,
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            f"--timeout={timeout_s}s",
+        ]
+
+    def remove_node(self, name: str) -> list[str]:
+        """Raises ValueError unless `name` is a node name or an IPv4 address."""
+        if not _REMOVABLE.fullmatch(name):
+            raise ValueError(f"remove-node wants a node name or an IPv4 address, not {name!r:.80}")
+        return [self.microk8s, "remove-node", name, "--force"]
 
 
 async def probe_cli(path: str) -> bool:
@@ -67,6 +136,7 @@ class CliBackend:
         timeout_s: float,
         status_timeout_s: float,
         drain_timeout_s: float | None = None,
+        run: Runner = process.run,
     ) -> None:
         """Args:
         microk8s: the microk8s executable (name on PATH or path).
@@ -75,9 +145,10 @@ class CliBackend:
         status_timeout_s: deadline of each query (`status` can hang while quorum is lost).
         drain_timeout_s: kubectl drain's own timeout; default (and at most) timeout_s minus
             KUBECTL_MARGIN_S.
+        run: executes each argv (tests inject a recorder to see the exact plan).
         """
-        self._microk8s = microk8s
-        self._snap = snap
+        self.argv = Argv(microk8s, snap)
+        self._run = run
         self._timeout_s = timeout_s
         self._status_timeout_s = status_timeout_s
         self._drain_timeout_s = drain_timeout_s
@@ -87,9 +158,9 @@ class CliBackend:
     async def facts(self) -> MicroK8sFacts:
         """Status, version and snap channel, asked concurrently; never raises."""
         status, version, snap_list = await asyncio.gather(
-            self._query([self._microk8s, "status", "--format", "yaml"]),
-            self._query([self._microk8s, "version"]),
-            self._query([self._snap, "list", "microk8s"]),
+            self._query(self.argv.status()),
+            self._query(self.argv.version()),
+            self._query(self.argv.snap_list()),
         )
         return _combine(_status_facts(status), version, snap_list)
 
@@ -99,7 +170,7 @@ class CliBackend:
         Raises:
             BackendError: the command could not run, timed out or failed.
         """
-        result = await self._query([self._microk8s, "version"])
+        result = await self._query(self.argv.version())
         if not isinstance(result, process.Completed) or result.exit_code != 0:
             raise BackendError(
                 f"microk8s version: {_why(result)}", kind=_kind(result), output=_output(result)
@@ -112,7 +183,7 @@ class CliBackend:
         Raises:
             BackendError: microk8s cannot be run at all.
         """
-        result = await self._query([self._microk8s, "kubectl", "get", "node", node, "-o", "json"])
+        result = await self._query(self.argv.get_node(node))
         if isinstance(result, ProcessError):
             raise BackendError(str(result), kind="process")
         if isinstance(result, CommandTimedOut) or result.exit_code != 0:
@@ -122,56 +193,44 @@ class CliBackend:
     async def _query(self, argv: Sequence[str]) -> _Result:
         """Run a read-only command; expected failures come back as values, not exceptions."""
         try:
-            return await process.run(argv, timeout_s=self._status_timeout_s)
+            return await self._run(argv, timeout_s=self._status_timeout_s)
         except (ProcessError, CommandTimedOut) as exc:
             return exc
 
     # --- mutations ------------------------------------------------------------------------
 
     async def join(self, url: str, *, worker: bool, progress: Progress) -> Outcome:
-        argv = [self._microk8s, "join", url, *(["--worker"] if worker else [])]
+        argv = self.argv.join(url, worker=worker)
         return await self._act(argv, progress=progress, secrets=join_url_secrets(url))
 
     async def addon(
         self, name: str, action: str, args: Sequence[str], *, progress: Progress
     ) -> Outcome:
-        if action not in ADDON_ACTIONS:
-            raise ValueError(f"addon action must be enable or disable, not {action!r}")
-        return await self._act([self._microk8s, action, name, *args], progress=progress)
+        return await self._act(self.argv.addon(name, action, args), progress=progress)
 
     async def refresh(self, channel: str, *, progress: Progress) -> Outcome:
-        argv = [self._snap, "refresh", "microk8s", f"--channel={channel}"]
-        outcome = await self._act(argv, progress=progress)
+        outcome = await self._act(self.argv.refresh(channel), progress=progress)
         if not outcome.ok:
             return outcome
         _, version = parse_refresh(outcome.output)
         return dataclasses.replace(outcome, result={"channel": channel, "version": version})
 
     async def cordon(self, node: str, *, progress: Progress) -> Outcome:
-        return await self._act([self._microk8s, "kubectl", "cordon", node], progress=progress)
+        return await self._act(self.argv.cordon(node), progress=progress)
 
     async def drain(self, node: str, *, progress: Progress) -> Outcome:
-        argv = [
-            self._microk8s,
-            "kubectl",
-            "drain",
-            node,
-            "--ignore-daemonsets",
-            "--delete-emptydir-data",
-            f"--timeout={self._kubectl_drain_timeout()}s",
-        ]
+        argv = self.argv.drain(node, self.kubectl_drain_timeout())
         return await self._act(argv, progress=progress)
 
     async def uncordon(self, node: str, *, progress: Progress) -> Outcome:
-        return await self._act([self._microk8s, "kubectl", "uncordon", node], progress=progress)
+        return await self._act(self.argv.uncordon(node), progress=progress)
 
     async def remove_node(self, name: str) -> Outcome:
         """`microk8s remove-node <name> --force` (what Canonical's charm runs for a dead node)."""
-        if not _REMOVABLE.fullmatch(name):
-            raise ValueError(f"remove-node wants a node name or an IPv4 address, not {name!r:.80}")
-        return await self._act([self._microk8s, "remove-node", name, "--force"], progress=_quiet)
+        return await self._act(self.argv.remove_node(name), progress=_quiet)
 
-    def _kubectl_drain_timeout(self) -> int:
+    def kubectl_drain_timeout(self) -> int:
+        """Seconds given to kubectl drain's own --timeout (before our deadline, see the margin)."""
         limit = self._timeout_s - KUBECTL_MARGIN_S
         wanted = limit if self._drain_timeout_s is None else min(self._drain_timeout_s, limit)
         return max(1, int(wanted))
@@ -187,7 +246,7 @@ class CliBackend:
 
         await progress(f"running {mask(shlex.join(argv))}")
         try:
-            done = await process.run(argv, timeout_s=self._timeout_s)
+            done = await self._run(argv, timeout_s=self._timeout_s)
         except ProcessError as exc:
             return Outcome(ok=False, exit_code=None, output="", error=mask(str(exc)))
         except CommandTimedOut as exc:
