@@ -24,7 +24,9 @@ JOIN_URL_RE = re.compile(
     r"/(?P<token>[A-Za-z0-9]{32,256})(?:/(?P<fingerprint>[0-9a-fA-F]{12,64}))?$"
 )
 JOIN_URL_FORMAT = "<IPv4>:<port>/<token>[/<fingerprint>]"
-ADDON_NAME_RE = re.compile(r"^([a-z0-9-]+/)?[a-z0-9][a-z0-9-]*$")
+# Stricter than PROTOCOL.md on one point: the repository part may not start with "-" either,
+# so no argv word can look like an option.
+ADDON_NAME_RE = re.compile(r"^([a-z0-9][a-z0-9-]*/)?[a-z0-9][a-z0-9-]*$")
 ADDON_ARG_RE = re.compile(r"^[A-Za-z0-9._:/,=@+-]{1,256}$")
 ADDON_NAME_MAX = 128
 ADDON_ARGS_MAX = 16
@@ -201,5 +203,7 @@ def _valid_join_url(url: str) -> bool:
     match = JOIN_URL_RE.fullmatch(url)
     if match is None:
         return False
-    octets_ok = all(int(octet) <= 255 for octet in match["ip"].split("."))
+    # No leading zeros: some parsers read "010" as octal (8), so the node would join elsewhere.
+    octets = match["ip"].split(".")
+    octets_ok = all(int(octet) <= 255 and (octet == "0" or octet[0] != "0") for octet in octets)
     return octets_ok and 1 <= int(match["port"]) <= 65535

@@ -147,6 +147,7 @@ BAD_ARGS = [
     ("join", {"url": f"pi-01:25000/{TOKEN}"}, "url must be"),  # host name
     ("join", {"url": f"[::1]:25000/{TOKEN}"}, "url must be"),  # IPv6
     ("join", {"url": f"10.0.0.256:25000/{TOKEN}"}, "url must be"),
+    ("join", {"url": f"010.0.0.11:25000/{TOKEN}"}, "url must be"),  # octal-looking octet
     ("join", {"url": f"10.0.0.11:0/{TOKEN}"}, "url must be"),
     ("join", {"url": f"10.0.0.11:70000/{TOKEN}"}, "url must be"),
     ("join", {"url": "10.0.0.11:25000/short"}, "url must be"),
@@ -159,6 +160,7 @@ BAD_ARGS = [
     ("addon", {"name": "dns"}, "missing argument(s): action"),
     ("addon", {"name": "DNS", "action": "enable"}, "name must be"),
     ("addon", {"name": "-dns", "action": "enable"}, "name must be"),
+    ("addon", {"name": "--x/dns", "action": "enable"}, "name must be"),
     ("addon", {"name": "a/b/c", "action": "enable"}, "name must be"),
     ("addon", {"name": "dns;rm", "action": "enable"}, "name must be"),
     ("addon", {"name": "dns", "action": "restart"}, "action must be enable or disable"),

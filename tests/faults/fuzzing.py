@@ -43,7 +43,7 @@ JOIN_URL = re.compile(
     r"(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}):(?P<port>[0-9]{1,5})"
     r"/[A-Za-z0-9]{32,256}(?:/[0-9a-fA-F]{12,64})?"
 )
-ADDON_NAME = re.compile(r"(?:[a-z0-9-]+/)?[a-z0-9][a-z0-9-]*")
+ADDON_NAME = re.compile(r"(?:[a-z0-9][a-z0-9-]*/)?[a-z0-9][a-z0-9-]*")
 ADDON_ARG = re.compile(r"[A-Za-z0-9._:/,=@+-]{1,256}")
 CHANNEL = re.compile(
     r"(?:latest|[0-9]{1,3}\.[0-9]{1,3}(?:-strict)?)/(?:stable|candidate|beta|edge)"
@@ -56,8 +56,10 @@ def join_url_ok(text: str) -> bool:
     match = JOIN_URL.fullmatch(text)
     if match is None:
         return False
-    octets = [int(part) for part in match["ip"].split(".")]
-    return max(octets) <= 255 and 1 <= int(match["port"]) <= 65535
+    parts = match["ip"].split(".")
+    no_leading_zero = all(part == "0" or not part.startswith("0") for part in parts)
+    octets = [int(part) for part in parts]
+    return no_leading_zero and max(octets) <= 255 and 1 <= int(match["port"]) <= 65535
 
 
 def _value(rule: re.Pattern[str] | Callable[[str], bool], text: str) -> bool:
@@ -234,7 +236,7 @@ join_urls = st.builds(
 )
 addon_names = st.builds(
     lambda repo, head, tail: (f"{repo}/" if repo else "") + head + tail,
-    st.none() | st.text(LOWER + "-", min_size=1, max_size=20),
+    st.none() | st.builds(str.__add__, st.sampled_from(LOWER), st.text(LOWER + "-", max_size=19)),
     st.sampled_from(LOWER),
     st.text(LOWER + "-", max_size=40),
 )
