@@ -29,7 +29,7 @@ async def test_crashed_task_exits_nonzero_with_reason(
         config = agent_config(tmp_path, broker, http_port=port)
         async with watch(broker, STATE) as w:
             agent = spawn_agent(config)
-            code = await asyncio.to_thread(agent.wait, 20)
+            code = await asyncio.to_thread(agent.wait, 40)
             assert code == 1
             crashed = [line for line in agent.log_lines() if line.get("event") == "agent_crashed"]
             assert crashed, agent.log_path.read_text()
