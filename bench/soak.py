@@ -26,7 +26,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import aiomqtt
 
 from agent import signing
 from agent.config import to_toml
+from bench.commands import free_port, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
 FAKES = REPO / "tests" / "fakes"
@@ -48,23 +48,6 @@ NODE = "pi-01"  # a node of the fixtures' kube/nodes.json
 ROOT = f"microk8s/soak/nodes/{NODE}"
 SAMPLES = 5
 TERMINAL = {"succeeded", "failed", "timed_out", "rejected"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"port {port} did not open")
 
 
 def rss_kib(pid: int) -> int:
@@ -258,6 +241,10 @@ def start(work: Path, ns: argparse.Namespace) -> tuple[subprocess.Popen[bytes], 
 def report(
     figures: dict[str, Figures], driver: Driver, elapsed: float, ns: argparse.Namespace, log: Path
 ) -> bool:
+    missing = [name for name in ("start", "middle", "end") if name not in figures]
+    if missing:
+        print(f"too few cycles to reach the {', '.join(missing)} reading(s): raise --cycles")
+        return False
     start, middle, end = figures["start"], figures["middle"], figures["end"]
     growth_kib = end.rss_kib - start.rss_kib
     fd_growth = end.fds - start.fds
