@@ -241,9 +241,9 @@ def start(work: Path, ns: argparse.Namespace) -> tuple[subprocess.Popen[bytes], 
 def report(
     figures: dict[str, Figures], driver: Driver, elapsed: float, ns: argparse.Namespace, log: Path
 ) -> bool:
-    missing = [name for name in ("start", "middle", "end") if name not in figures]
-    if missing:
-        print(f"too few cycles to reach the {', '.join(missing)} reading(s): raise --cycles")
+    unreached = [name for name in ("start", "middle", "end") if name not in figures]
+    if unreached:
+        print(f"too few cycles to reach the {', '.join(unreached)} reading(s): raise --cycles")
         return False
     start, middle, end = figures["start"], figures["middle"], figures["end"]
     growth_kib = end.rss_kib - start.rss_kib
