@@ -67,6 +67,7 @@ def commands_config(
     broker: Broker,
     keys: Keys | None,
     *,
+    health_s: float = 5,
     commands: dict[str, Any] | None = None,
     microk8s: dict[str, Any] | None = None,
     **sections: Any,
@@ -76,7 +77,7 @@ def commands_config(
         tmp_path,
         broker,
         node={"name": NODE, "cluster": "lab"},
-        health={"interval_s": 5},
+        health={"interval_s": health_s},
         commands={"trusted_keys": [str(keys.public)] if keys else [], **(commands or {})},
         microk8s={
             "backend": "cli",

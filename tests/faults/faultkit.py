@@ -21,9 +21,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.commands_helpers import CMD, NODE, ROOT, TERMINAL, Keys, envelope, send, terminal
-from tests.conftest import AgentProcess, Broker, Watcher, agent_config
-from tests.paths import FAKES, REPO
+from tests.commands_helpers import (
+    CMD,
+    ROOT,
+    TERMINAL,
+    Keys,
+    commands_config,
+    envelope,
+    send,
+    terminal,
+)
+from tests.conftest import AgentProcess, Broker, Watcher
+from tests.paths import REPO
 
 SMALL_STATE = Path(__file__).resolve().with_name("small-state")
 LIBFAKETIME_NAME = "libfaketime.so.1"
@@ -39,21 +48,14 @@ def fault_config(
     microk8s: dict[str, Any] | None = None,
     **sections: Any,
 ) -> Path:
-    """pi-01 on the cli backend's fakes (as tests.commands_helpers), health every `health_s`."""
-    return agent_config(
+    """pi-01 on the cli backend's fakes (tests.commands_helpers), health every `health_s`."""
+    return commands_config(
         tmp_path,
         broker,
-        node={"name": NODE, "cluster": "lab"},
-        health={"interval_s": health_s},
-        commands={"trusted_keys": [str(keys.public)] if keys else [], **(commands or {})},
-        microk8s={
-            "backend": "cli",
-            "cli": str(FAKES / "microk8s"),
-            "snap_cli": str(FAKES / "snap"),
-            "command_timeout_s": 20,
-            "join_timeout_s": 5,
-            **(microk8s or {}),
-        },
+        keys,
+        health_s=health_s,
+        commands=commands,
+        microk8s=microk8s,
         **sections,
     )
 
