@@ -24,6 +24,7 @@ from agent.logs import get_logger
 from agent.metrics import Metrics
 from agent.microk8s_status import MicroK8sFacts
 from agent.state import AgentState
+from agent.topics import Topics
 from agent.transport import Link
 
 log = get_logger(__name__)
@@ -53,6 +54,9 @@ class HealthMonitor:
         self._metrics = metrics
         self._collect = collect
         self._thresholds = health.Thresholds.from_settings(settings.health)
+        self._health_topic = Topics(
+            settings.mqtt.prefix, settings.node.cluster, settings.node.name
+        ).health
         self._facts: MicroK8sFacts | None = None
         self._facts_ready = asyncio.Event()
         self._wake = asyncio.Event()
@@ -149,7 +153,7 @@ class HealthMonitor:
             return
         try:
             await self._link.publish(
-                self._link_topic(),
+                self._health_topic,
                 health.encode(snapshot),
                 qos=self._settings.health.qos,
                 retain=True,
@@ -157,9 +161,6 @@ class HealthMonitor:
             self._seq += 1
         except TransportError as exc:
             log.warning("health_not_published", error=str(exc))
-
-    def _link_topic(self) -> str:
-        return f"{self._settings.root_topic}/health"
 
     @property
     def facts(self) -> MicroK8sFacts | None:
