@@ -14,18 +14,21 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, dispatch, endpoint, notify
-from agent.backends import select
-from agent.backends.base import Backend
-from agent.config import Settings
-from agent.executor import Executor
-from agent.hamonitor import HaMonitor, kube_sources
+from agent import __version__
+from agent.commands import dispatch
+from agent.commands.executor import Executor
+from agent.ha.monitor import HaMonitor, kube_sources
+from agent.health import endpoint
+from agent.health.metrics import Metrics
+from agent.health.monitor import HealthMonitor
+from agent.health.state import AgentState, LinkView
+from agent.link.mqtt import Link
+from agent.link.topics import Topics
 from agent.logs import get_logger
-from agent.metrics import Metrics
-from agent.monitor import HealthMonitor
-from agent.state import AgentState, LinkView
-from agent.topics import Topics
-from agent.transport import Link
+from agent.microk8s.backends import select
+from agent.microk8s.backends.base import Backend
+from agent.platform import systemd_notify
+from agent.settings import Settings
 
 log = get_logger(__name__)
 
@@ -114,7 +117,7 @@ class Agent:
         roots["command-worker"] = self.dispatcher.run_worker
         if self.settings.ha.enabled:
             roots["ha-monitor"] = self._ha_monitor(backend, monitor, self.dispatcher.executor).run
-        notifier = notify.Notifier()
+        notifier = systemd_notify.Notifier()
         if notifier.enabled:
             roots["systemd-notify"] = lambda: self._notify(notifier)
         try:
@@ -147,11 +150,11 @@ class Agent:
     def _set_maintenance(self, reason: str | None) -> None:
         self.state.maintenance = reason
 
-    async def _notify(self, notifier: notify.Notifier) -> None:
+    async def _notify(self, notifier: systemd_notify.Notifier) -> None:
         """systemd's READY/STATUS/WATCHDOG/STOPPING (Type=notify units; not in the snap)."""
         await notifier.run(
             alive=lambda: not self._dead_tasks(),
-            status=lambda: notify.link_status(self.link.connected, self.link.session),
+            status=lambda: systemd_notify.link_status(self.link.connected, self.link.session),
             stopping=self.stop_requested,
         )
 

@@ -12,8 +12,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from agent import __version__, config, logs, snappaths
+from agent import __version__, config, logs
 from agent.errors import AgentError, ConfigError
+from agent.platform import snap_paths
 
 EXIT_OK = 0
 EXIT_CRASH = 1
@@ -34,7 +35,7 @@ def _add_config_arg(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> config.Settings:
     # Inside the snap, no --config means the file the configure hook wrote.
-    return config.load(args.config or snappaths.default_config_path())
+    return config.load(args.config or snap_paths.default_config_path())
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -55,7 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     logs.configure(args.log_level or settings.log.level, args.log_format or settings.log.format)
     log = logs.get_logger("agent.cli")
-    from agent import app, devbroker
+    from agent import app
+    from agent.link import devbroker
 
     broker = None
     restart_reason: str | None = None
@@ -115,11 +117,12 @@ def _extra_commands() -> list[
     Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
 ]:
     """Subcommands that live in their own modules (operator tools, snap hook)."""
-    from agent import operator, snapconf
+    from agent.operator import tools
+    from agent.platform import snap_configure
 
     adders: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
-    adders.append(snapconf.add_command)
-    adders.append(operator.add_commands)
+    adders.append(snap_configure.add_command)
+    adders.append(tools.add_commands)
     return adders
 
 

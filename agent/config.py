@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import re
-import socket
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -21,132 +20,24 @@ from typing import Any
 from agent import config_rules
 from agent.config_rules import NAME_RE
 from agent.errors import ConfigError
-from agent.snappaths import default_credentials_dir, default_state_dir
+from agent.settings import (
+    AgentSettings,
+    CommandSettings,
+    HaSettings,
+    HealthSettings,
+    HttpSettings,
+    LogSettings,
+    MicroK8sSettings,
+    MqttSettings,
+    NodeSettings,
+    Settings,
+    StateSettings,
+)
 
 ENV_PREFIX = "EDGE_AGENT_"
 # Environment variables that are not settings (so they are not reported as unknown keys).
 ENV_NOT_SETTINGS = frozenset({"EDGE_AGENT_CONFIG"})
 SECRET_KEYS = frozenset({("mqtt", "password_file"), ("mqtt", "key_file")})
-
-
-def default_node_name() -> str:
-    """The host name, lowercased, first label only (a FQDN is not a valid node name)."""
-    return socket.gethostname().split(".")[0].lower()
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class NodeSettings:
-    name: str = dataclasses.field(default_factory=default_node_name)
-    cluster: str = "default"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class MqttSettings:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    prefix: str = "microk8s"
-    keepalive_s: int = 30
-    username: str = ""
-    password_file: str = ""
-    tls: bool = False
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    protocol: int = 5
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class HealthSettings:
-    interval_s: float = 10.0
-    qos: int = 1
-    temperature_warn_c: float = 75.0
-    temperature_crit_c: float = 85.0
-    disk_warn_percent: float = 85.0
-    disk_crit_percent: float = 95.0
-    memory_warn_percent: float = 90.0
-    memory_crit_percent: float = 97.0
-    disk_paths: tuple[str, ...] = ("/",)
-    # Where the Raspberry Pi files live; tests point it at a fixture tree.
-    sysfs_root: str = "/"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class HttpSettings:
-    enabled: bool = True
-    bind: str = "127.0.0.1"
-    port: int = 9880
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CommandSettings:
-    allow_unsigned: bool = False
-    trusted_keys: tuple[str, ...] = ()
-    max_age_s: int = 300
-    clock_skew_s: int = 60
-    queue_size: int = 8
-    journal_max_bytes: int = 1_048_576
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class MicroK8sSettings:
-    backend: str = "auto"
-    cli: str = "microk8s"
-    snap_cli: str = "snap"
-    snapd_socket: str = "/run/snapd.socket"
-    credentials_dir: str = dataclasses.field(default_factory=default_credentials_dir)
-    cluster_agent_url: str = "https://127.0.0.1:25000"
-    backend_dir: str = "/var/snap/microk8s/current/var/kubernetes/backend"
-    command_timeout_s: float = 600.0
-    # How often MicroK8s facts are refreshed for the health message; `microk8s status` is costly.
-    status_interval_s: float = 30.0
-    status_timeout_s: float = 30.0
-    hold_refresh: bool = True
-    drain_timeout_s: float = 300.0
-    join_timeout_s: float = 300.0
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class HaSettings:
-    enabled: bool = True
-    interval_s: float = 30.0
-    probe_timeout_s: float = 2.0
-    auto_remove_after_s: float = 0.0
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StateSettings:
-    dir: str = dataclasses.field(default_factory=default_state_dir)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class LogSettings:
-    level: str = "info"
-    format: str = "auto"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AgentSettings:
-    # 0 disables the memory budget.
-    max_rss_mib: float = 0.0
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Settings:
-    node: NodeSettings = dataclasses.field(default_factory=NodeSettings)
-    mqtt: MqttSettings = dataclasses.field(default_factory=MqttSettings)
-    health: HealthSettings = dataclasses.field(default_factory=HealthSettings)
-    http: HttpSettings = dataclasses.field(default_factory=HttpSettings)
-    commands: CommandSettings = dataclasses.field(default_factory=CommandSettings)
-    microk8s: MicroK8sSettings = dataclasses.field(default_factory=MicroK8sSettings)
-    ha: HaSettings = dataclasses.field(default_factory=HaSettings)
-    state: StateSettings = dataclasses.field(default_factory=StateSettings)
-    log: LogSettings = dataclasses.field(default_factory=LogSettings)
-    agent: AgentSettings = dataclasses.field(default_factory=AgentSettings)
-
-    @property
-    def root_topic(self) -> str:
-        """`R` of PROTOCOL.md: `{prefix}/{cluster}/nodes/{node}`."""
-        return f"{self.mqtt.prefix}/{self.node.cluster}/nodes/{self.node.name}"
 
 
 SECTIONS: dict[str, type[Any]] = {

@@ -29,7 +29,7 @@ from typing import Any
 
 import aiomqtt
 
-from agent import protocol, signing, verbs
+from agent.commands import signing, verbs, wire
 from agent.config import to_toml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,14 +157,14 @@ async def measure(port: int, signer: signing.Signer, samples: int) -> dict[str, 
 def throughput(signer: signing.Signer, public: Path, seconds: float = 3.0) -> float:
     """Envelopes/s through decode → signature → envelope and argument checks, one core."""
     verifier = signing.Verifier.from_files([str(public)])
-    limits = protocol.Limits(NODE, 300, 60)
+    limits = wire.Limits(NODE, 300, 60)
     args = {"name": "metallb", "action": "enable", "args": ["10.0.0.200-10.0.0.220"]}
     payloads = [json.dumps(signer.sign(envelope("addon", args, i))).encode() for i in range(1000)]
     count = 0
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
         for payload in payloads:
-            decoded = protocol.decode(payload)
+            decoded = wire.decode(payload)
             assert verifier.authenticate(decoded.body, mutating=True, allow_unsigned=False) is None
             verbs.read_request(decoded, limits, time.time(), retained=False)
         count += len(payloads)

@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent import ha, peers, probes
-from agent.membership import Member, Membership
+from agent.ha import peers, probes, quorum
+from agent.ha.membership import Member, Membership
 from tests.cluster_fakes import FakeMember, loopback_block, self_signed
 
 TIMEOUT_S = 0.5
@@ -46,17 +46,17 @@ async def _rounds(members: list[Member], rounds: int) -> list[float]:
 
 
 def _pure(members: tuple[Member, ...], evaluations: int) -> float:
-    found = {m.address: ha.MemberProbe(dqlite=True, apiserver=True) for m in members}
-    obs = ha.Observation(
+    found = {m.address: quorum.MemberProbe(dqlite=True, apiserver=True) for m in members}
+    obs = quorum.Observation(
         "n0", 0.0, Membership(members, "cluster.yaml", members[0]), "voter", found, {}
     )
     book = peers.PeerBook("n0", 60.0)
-    own = ha.build_verdict(obs)
+    own = quorum.build_verdict(obs)
     for i in range(1, 4):
         book.record_verdict(f"n{i}", {**own, "node": f"n{i}"}, 0.0)
     started = time.perf_counter()
     for _ in range(evaluations):
-        book.view(ha.build_verdict(obs), 1.0)
+        book.view(quorum.build_verdict(obs), 1.0)
     return (time.perf_counter() - started) / evaluations * 1e6
 
 

@@ -37,13 +37,13 @@ from typing import Any
 import aiohttp
 import aiomqtt
 
-from agent import signing
+from agent.commands import signing
 from agent.config import to_toml
 from bench.commands import free_port, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
 FAKES = REPO / "tests" / "fakes"
-FIXTURES = REPO.parent / "shared" / "fixtures" / "microk8s-cli"
+FIXTURES = REPO / "tests" / "fixtures" / "microk8s-cli"
 NODE = "pi-01"  # a node of the fixtures' kube/nodes.json
 ROOT = f"microk8s/soak/nodes/{NODE}"
 SAMPLES = 5

@@ -1,5 +1,5 @@
 """Memory of the snap backend (not a test): the agent's steady PSS with the Kubernetes client kept
-out, and the peak RSS of the drain helper (`python -m agent.kube`) during an upgrade.
+out, and the peak RSS of the drain helper (`python -m agent.microk8s.drain`) during an upgrade.
 
 Runs a real agent (backend "snap") on a private Mosquitto against the snapd, cluster-agent and
 Kubernetes API fakes of tests/fakes, sends `upgrade {"drain": true}` over MQTT, and samples
@@ -30,7 +30,7 @@ from tests.fakes.fixtures import SnapEnv, started_snap_env
 
 NODE = "pi-01"
 ROOT = f"microk8s/bench/nodes/{NODE}"
-AGENT_IMPORTS = "import agent.app, agent.backends.snap, agent.backends.select"
+AGENT_IMPORTS = "import agent.app, agent.microk8s.backends.snap, agent.microk8s.backends.select"
 
 
 def write_config(workdir: Path, port: int, env: SnapEnv) -> Path:

@@ -11,8 +11,8 @@ from typing import Any
 
 import psutil
 
-from agent import signing
-from agent.signing import Signer
+from agent.commands import signing
+from agent.commands.signing import Signer
 from tests.conftest import Broker, Watcher, agent_config
 from tests.paths import FAKES, MICROK8S_CLI
 
@@ -20,7 +20,7 @@ NODE = "pi-01"
 ROOT = f"microk8s/lab/nodes/{NODE}"
 CMD = f"{ROOT}/cmd"
 TOKEN = "92b2db237428470dc4fcfc4ebbd9dc81"
-JOIN_URL = f"10.0.0.11:25000/{TOKEN}/2c0cb3284b05"
+JOIN_URL = f"127.0.0.11:25000/{TOKEN}/2c0cb3284b05"
 TERMINAL = {"succeeded", "failed", "timed_out", "rejected"}
 
 

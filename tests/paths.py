@@ -1,7 +1,7 @@
-"""Where tests find shared fixtures and the fake executables.
+"""Where tests find the fixtures and the fake executables.
 
-The shared folder is a sibling of the repository (on CI as on a developer machine), so it is found
-from this file rather than from the working directory.
+The fixtures are the project's own copy of the recorded formats (`tests/fixtures`), found from
+this file rather than from the working directory; nothing in the project reads `../shared`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,6 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-FIXTURES = TESTS.parents[1] / "shared" / "fixtures"
+FIXTURES = TESTS / "fixtures"
 MICROK8S_CLI = FIXTURES / "microk8s-cli"
 FAKES = TESTS / "fakes"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent import channels
-from agent.channels import ChannelError, installed, parse_channel, refusal
+from agent.commands import upgrade_policy
+from agent.commands.upgrade_policy import ChannelError, installed, parse_channel, refusal
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_bad_channels(text: str) -> None:
     ],
 )
 def test_parse_kube_version(text: str | None, minor: tuple[int, int] | None) -> None:
-    assert channels.parse_kube_version(text) == minor
+    assert upgrade_policy.parse_kube_version(text) == minor
 
 
 CLASSIC_132 = installed("1.32/stable", "v1.32.3", "classic")
@@ -106,7 +106,7 @@ POLICY = [
 
 @pytest.mark.parametrize(("current", "target", "force", "expected"), POLICY)
 def test_upgrade_policy(
-    current: channels.Installed, target: str, force: bool, expected: str | None
+    current: upgrade_policy.Installed, target: str, force: bool, expected: str | None
 ) -> None:
     reason = refusal(current, parse_channel(target), force=force)
     if expected is None:

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.backends.base import Backend, NoBackend, Outcome
-from agent.backends.cli import CliBackend, probe_cli
 from agent.errors import BackendError, BackendUnavailable
-from agent.microk8s_status import WORKER, MicroK8sFacts
-from agent.secrets import join_url_secrets, mask_join_urls, mask_secrets
+from agent.microk8s.backends.base import Backend, NoBackend, Outcome
+from agent.microk8s.backends.cli import CliBackend, probe_cli
+from agent.microk8s.redact import join_url_secrets, mask_join_urls, mask_secrets
+from agent.microk8s.status import WORKER, MicroK8sFacts
 from tests.paths import FAKES, FIXTURES, MICROK8S_CLI
 
 MICROK8S = str(FAKES / "microk8s")
 SNAP = str(FAKES / "snap")
 TOKEN = "92b2db237428470dc4fcfc4ebbd9dc81"
-JOIN_URL = f"10.0.0.11:25000/{TOKEN}/2c0cb3284b05"
+JOIN_URL = f"127.0.0.11:25000/{TOKEN}/2c0cb3284b05"
 NOT_RUNNING = "microk8s is not running. Use microk8s inspect for a deeper inspection."
 SNAP_FACTS = {
     "installed": True,
@@ -371,10 +371,10 @@ async def test_join_token_is_masked(
     outcome = await backend().join(JOIN_URL, worker=False, progress=progress)
     assert calls() == [["microk8s", "join", JOIN_URL]]
     assert not outcome.ok
-    assert "microk8s join 10.0.0.11:25000/****/2c0cb3284b05 --worker" in outcome.output
+    assert "microk8s join 127.0.0.11:25000/****/2c0cb3284b05 --worker" in outcome.output
     for text in (outcome.output, outcome.error or "", *progress.details):
         assert TOKEN not in text
-    assert progress.details == [f"running {MICROK8S} join 10.0.0.11:25000/****/2c0cb3284b05"]
+    assert progress.details == [f"running {MICROK8S} join 127.0.0.11:25000/****/2c0cb3284b05"]
 
 
 async def test_join_token_masked_even_when_printed_alone(
@@ -454,26 +454,26 @@ async def test_no_backend(progress: Progress) -> None:
     assert progress.details == []
 
 
-# --- masking (agent.secrets) ---------------------------------------------------------------
+# --- masking (agent.microk8s.redact) -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (JOIN_URL, "10.0.0.11:25000/****/2c0cb3284b05"),
+        (JOIN_URL, "127.0.0.11:25000/****/2c0cb3284b05"),
         (
             f"microk8s join 192.168.50.11:25000/{TOKEN} --worker",
             "microk8s join 192.168.50.11:25000/**** --worker",
         ),
         (
-            f"a 10.0.0.11:25000/{TOKEN}/ab, b 10.0.0.12:25000/{TOKEN}.",
-            "a 10.0.0.11:25000/****/ab, b 10.0.0.12:25000/****.",
+            f"a 127.0.0.11:25000/{TOKEN}/ab, b 127.0.0.12:25000/{TOKEN}.",
+            "a 127.0.0.11:25000/****/ab, b 127.0.0.12:25000/****.",
         ),
         (
-            "POST https://10.0.0.11:25000/cluster/api/v2.0/join",
-            "POST https://10.0.0.11:25000/cluster/api/v2.0/join",
+            "POST https://127.0.0.11:25000/cluster/api/v2.0/join",
+            "POST https://127.0.0.11:25000/cluster/api/v2.0/join",
         ),
-        ("Contacting cluster at 10.0.0.11", "Contacting cluster at 10.0.0.11"),
+        ("Contacting cluster at 127.0.0.11", "Contacting cluster at 127.0.0.11"),
         ("v1.10.0.11:25000/" + "a" * 32, "v1.10.0.11:25000/" + "a" * 32),
     ],
 )
@@ -485,4 +485,4 @@ def test_mask_secrets() -> None:
     assert mask_secrets("a secret and secret2", ["secret", "secret2", ""]) == "a **** and ****"
     assert mask_secrets("nothing here", []) == "nothing here"
     assert join_url_secrets(JOIN_URL) == (TOKEN,)
-    assert join_url_secrets("10.0.0.11:25000") == ()
+    assert join_url_secrets("127.0.0.11:25000") == ()

@@ -105,7 +105,7 @@ async def test_every_verb_end_to_end(tmp_path: Path, broker: Broker, spawn_agent
         # No join token on the wire from the agent (the progress line names the command, masked).
         from_agent = [p for t, p, _ in w.messages if t != CMD]
         assert all(TOKEN not in json.dumps(p) for p in from_agent)
-        assert any("join 10.0.0.11:25000/****/2c0cb3284b05" in str(p) for p in from_agent)
+        assert any("join 127.0.0.11:25000/****/2c0cb3284b05" in str(p) for p in from_agent)
     assert mutating_calls(tmp_path) == [
         ["enable", "metallb", "10.0.0.200-10.0.0.220"],
         ["disable", "core/dns"],

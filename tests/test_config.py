@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import config
+from agent import config, settings
 from agent.errors import ConfigError
 
 
@@ -115,5 +115,5 @@ def test_effective_config_masks_secrets_and_roundtrips(tmp_path: Path) -> None:
 
 
 def test_default_node_name_is_first_label_lowercased(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("agent.config.socket.gethostname", lambda: "Pi-07.Lab.Example")
-    assert config.default_node_name() == "pi-07"
+    monkeypatch.setattr("agent.settings.socket.gethostname", lambda: "Pi-07.Lab.Example")
+    assert settings.default_node_name() == "pi-07"

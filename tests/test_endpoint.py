@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from agent import config, endpoint
-from agent.metrics import Metrics
-from agent.state import AgentState, LinkView
+from agent import config
+from agent.health import endpoint
+from agent.health.metrics import Metrics
+from agent.health.state import AgentState, LinkView
 from tests.conftest import free_port
 
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from agent import protocol, verbs
-from agent.backends.base import NoBackend
-from agent.backends.cli import CliBackend
-from agent.config import MicroK8sSettings
-from agent.executor import Executor
-from agent.microk8s_status import MicroK8sFacts
+from agent.commands import verbs, wire
+from agent.commands.executor import Executor
+from agent.microk8s.backends.base import NoBackend
+from agent.microk8s.backends.cli import CliBackend
+from agent.microk8s.status import MicroK8sFacts
+from agent.settings import MicroK8sSettings
 from tests.paths import FAKES, MICROK8S_CLI
 
 MICROK8S = str(FAKES / "microk8s")
@@ -64,9 +64,9 @@ def executor(node: str = "pi-01", **settings: Any) -> Executor:
 
 
 def command(verb: str, **args: Any) -> verbs.Command:
-    envelope = protocol.Envelope(
+    envelope = wire.Envelope(
         id="c-1",
-        verb=protocol.Verb(verb),
+        verb=wire.Verb(verb),
         target="pi-01",
         args=args,
         issued_at=0,
@@ -187,7 +187,7 @@ def test_intake_verdicts_from_cached_facts() -> None:
 
 
 async def test_join_and_addon_argv(argv_log: Path) -> None:
-    url = f"10.0.0.11:25000/{TOKEN}/2c0cb3284b05"
+    url = f"127.0.0.11:25000/{TOKEN}/2c0cb3284b05"
     progress = Progress()
     joined = await executor().run(command("join", url=url, worker=True), progress)
     assert joined.ok

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from agent import ha
-from agent.ha import MemberProbe, Observation
-from agent.membership import Member, Membership
+from agent.ha import quorum
+from agent.ha.membership import Member, Membership
+from agent.ha.quorum import MemberProbe, Observation
 
 
 # (size, reachable) -> needed, ok, margin, verdict
@@ -35,18 +35,18 @@ from agent.membership import Member, Membership
 )
 def test_quorum_table(row: tuple[int, int, int, bool, int, str]) -> None:
     size, reachable, needed, ok, margin, verdict = row
-    q = ha.quorum(size, reachable)
+    q = quorum.quorum(size, reachable)
     assert (q.size, q.reachable, q.needed, q.ok, q.margin) == (size, reachable, needed, ok, margin)
-    assert ha.classify(q) == verdict
+    assert quorum.classify(q) == verdict
 
 
 VOTERS = (
-    Member("10.0.0.11:19001", "voter", 1),
-    Member("10.0.0.12:19001", "voter", 2),
-    Member("10.0.0.13:19001", "voter", 3),
-    Member("10.0.0.14:19001", "standby", 4),
+    Member("127.0.0.11:19001", "voter", 1),
+    Member("127.0.0.12:19001", "voter", 2),
+    Member("127.0.0.13:19001", "voter", 3),
+    Member("127.0.0.14:19001", "standby", 4),
 )
-NAMES = {"10.0.0.11": "pi-01", "10.0.0.12": "pi-02", "10.0.0.14": "pi-04"}
+NAMES = {"127.0.0.11": "pi-01", "127.0.0.12": "pi-02", "127.0.0.14": "pi-04"}
 
 
 def observe(up: set[str], **changes: Any) -> Observation:
@@ -68,15 +68,15 @@ ALL = {m.address for m in VOTERS}
 
 
 def test_healthy_verdict_shape() -> None:
-    v = ha.build_verdict(observe(ALL))
+    v = quorum.build_verdict(observe(ALL))
     assert v["schema"] == 1
     assert v["node"] == "pi-02"
     assert v["role"] == "voter"
-    assert v["address"] == "10.0.0.12:19001"
+    assert v["address"] == "127.0.0.12:19001"
     assert v["voters"] == [
-        {"address": "10.0.0.11:19001", "node": "pi-01", "reachable": True},
-        {"address": "10.0.0.12:19001", "node": "pi-02", "reachable": True},
-        {"address": "10.0.0.13:19001", "node": None, "reachable": True},
+        {"address": "127.0.0.11:19001", "node": "pi-01", "reachable": True},
+        {"address": "127.0.0.12:19001", "node": "pi-02", "reachable": True},
+        {"address": "127.0.0.13:19001", "node": None, "reachable": True},
     ]
     assert v["quorum"] == {"size": 3, "reachable": 3, "needed": 2, "ok": True, "margin": 1}
     assert v["verdict"] == "healthy"
@@ -88,21 +88,21 @@ def test_healthy_verdict_shape() -> None:
 
 
 def test_standby_loss_does_not_count() -> None:
-    v = ha.build_verdict(observe(ALL - {"10.0.0.14:19001"}))
+    v = quorum.build_verdict(observe(ALL - {"127.0.0.14:19001"}))
     assert v["verdict"] == "healthy"
     assert v["members"][3]["reachable"] is False
 
 
 def test_at_risk_names_the_lost_voter() -> None:
-    v = ha.build_verdict(observe(ALL - {"10.0.0.11:19001"}))
+    v = quorum.build_verdict(observe(ALL - {"127.0.0.11:19001"}))
     assert v["verdict"] == "at_risk"
     assert v["quorum"]["margin"] == 0
-    assert "voter 10.0.0.11:19001 (pi-01) is unreachable" in v["reasons"]
+    assert "voter 127.0.0.11:19001 (pi-01) is unreachable" in v["reasons"]
     assert any("one more voter failure loses quorum" in r for r in v["reasons"])
 
 
 def test_lost() -> None:
-    v = ha.build_verdict(observe({"10.0.0.12:19001"}, apiserver_ready=False))
+    v = quorum.build_verdict(observe({"127.0.0.12:19001"}, apiserver_ready=False))
     assert v["verdict"] == "lost"
     assert v["quorum"]["ok"] is False
     assert any(r.startswith("quorum lost: 1 of 3 voters reachable") for r in v["reasons"])
@@ -110,7 +110,7 @@ def test_lost() -> None:
 
 
 def test_unknown_membership_and_maintenance() -> None:
-    v = ha.build_verdict(
+    v = quorum.build_verdict(
         observe(set(), membership=Membership(error="cannot read x"), role=None, maintenance="up")
     )
     assert v["verdict"] == "not_ha"
@@ -122,11 +122,11 @@ def test_unknown_membership_and_maintenance() -> None:
 
 
 def test_changed_ignores_only_the_timestamp() -> None:
-    first = ha.build_verdict(observe(ALL))
-    later = ha.build_verdict(observe(ALL, ts=1764160099.0))
-    assert not ha.changed(first, later)
-    assert ha.changed(None, first)
-    assert ha.changed(first, ha.build_verdict(observe(ALL - {"10.0.0.13:19001"})))
+    first = quorum.build_verdict(observe(ALL))
+    later = quorum.build_verdict(observe(ALL, ts=1764160099.0))
+    assert not quorum.changed(first, later)
+    assert quorum.changed(None, first)
+    assert quorum.changed(first, quorum.build_verdict(observe(ALL - {"127.0.0.13:19001"})))
 
 
 def _verdict(
@@ -156,7 +156,7 @@ def _verdict(
     ],
 )
 def test_upgrade_gate_table(verdict: str, role: str | None, force: bool, rejected: bool) -> None:
-    reason = ha.upgrade_gate(_verdict(verdict, role), force)
+    reason = quorum.upgrade_gate(_verdict(verdict, role), force)
     assert (reason is not None) is rejected
     if reason:
         assert reason.startswith("would_break_quorum: ")
@@ -166,14 +166,14 @@ def test_upgrade_gate_table(verdict: str, role: str | None, force: bool, rejecte
 def test_upgrade_gate_prefers_the_cluster_view() -> None:
     healthy = {"verdict": "healthy", "quorum": {"size": 3, "reachable": 3, "needed": 2}}
     # This node alone cannot reach a peer (at_risk locally), but the peers all vote: safe.
-    assert ha.upgrade_gate(_verdict("at_risk", "voter", healthy), False) is None
+    assert quorum.upgrade_gate(_verdict("at_risk", "voter", healthy), False) is None
     # Another voter is in maintenance: the cluster is at risk even though this node sees all.
     risky = {"verdict": "at_risk", "quorum": {"size": 3, "reachable": 2, "needed": 2, "margin": 0}}
-    assert ha.upgrade_gate(_verdict("healthy", "voter", risky), False) is not None
+    assert quorum.upgrade_gate(_verdict("healthy", "voter", risky), False) is not None
 
 
 def test_upgrade_gate_without_verdict_refuses_unless_forced() -> None:
-    reason = ha.upgrade_gate(None, False)
+    reason = quorum.upgrade_gate(None, False)
     assert reason is not None
     assert "no HA verdict yet" in reason
-    assert ha.upgrade_gate(None, True) is None
+    assert quorum.upgrade_gate(None, True) is None

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent import ha
-from agent.operator import build_envelope
+from agent.ha import quorum
+from agent.operator.tools import build_envelope
 from tests.cluster_fakes import (
     FakeMember,
     kubeconfig,
@@ -134,7 +134,7 @@ async def test_published_retained_on_change_and_as_heartbeat(
             # Nothing changes: the next message is the same verdict again, as the heartbeat
             # (6 intervals of 0.3 s after the previous one), not one message per round.
             _, beat = await w.wait_for(on_ha(lambda p: True), after=first, timeout_s=5)
-            assert not ha.changed(healthy, beat)
+            assert not quorum.changed(healthy, beat)
             assert beat["ts"] - healthy["ts"] >= 6 * 0.3 - 0.1
             await members[1].stop_dqlite()
             _, changed = await w.wait_for(on_ha(lambda p: p["verdict"] == "at_risk"))
@@ -148,12 +148,12 @@ async def test_published_retained_on_change_and_as_heartbeat(
 async def test_membership_falls_back_to_microk8s_status(
     tmp_path: Path, broker: Broker, members: list[FakeMember], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The recorded `status --format yaml` (10.0.0.11-13 voters, .14 stand-by), moved onto this
+    # The recorded `status --format yaml` (127.0.0.11-13 voters, .14 stand-by), moved onto this
     # test's loopback members; .14 becomes an address where nothing listens.
     fixtures = tmp_path / "microk8s-cli"
     shutil.copytree(MICROK8S_CLI, fixtures)
     moved = {f"10.0.0.{11 + i}:": f"{m.host}:" for i, m in enumerate(members)}
-    moved["10.0.0.14:"] = f"{members[0].host.rpartition('.')[0]}.9:"
+    moved["127.0.0.14:"] = f"{members[0].host.rpartition('.')[0]}.9:"
     status = (fixtures / "status-ha.yaml").read_text()
     for old, new in moved.items():
         status = status.replace(old, new)

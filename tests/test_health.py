@@ -5,9 +5,10 @@ from typing import Any
 
 import pytest
 
-from agent import config, health, pi
+from agent import config
+from agent.health import pi, verdict
 
-T = health.Thresholds()
+T = verdict.Thresholds()
 INSTALLED_RUNNING = {"installed": True, "running": True}
 
 
@@ -33,7 +34,7 @@ def _disk(mount: str, percent: float) -> dict[str, Any]:
 
 
 def test_healthy_node_is_ok_without_reasons():
-    assert health.evaluate(_system(), INSTALLED_RUNNING, T) == ("ok", [])
+    assert verdict.evaluate(_system(), INSTALLED_RUNNING, T) == ("ok", [])
 
 
 @pytest.mark.parametrize(
@@ -54,7 +55,7 @@ def test_healthy_node_is_ok_without_reasons():
     ],
 )
 def test_threshold_boundaries(overrides, status, reasons):
-    assert health.evaluate(_system(**overrides), INSTALLED_RUNNING, T) == (status, reasons)
+    assert verdict.evaluate(_system(**overrides), INSTALLED_RUNNING, T) == (status, reasons)
 
 
 @pytest.mark.parametrize(
@@ -85,34 +86,34 @@ def test_threshold_boundaries(overrides, status, reasons):
 )
 def test_throttling(raw, status, reasons):
     system = _system(throttled=pi.parse_throttled(raw))
-    assert health.evaluate(system, INSTALLED_RUNNING, T) == (status, reasons)
+    assert verdict.evaluate(system, INSTALLED_RUNNING, T) == (status, reasons)
 
 
 @pytest.mark.parametrize(
     ("memory_cgroup", "microk8s", "status", "reasons"),
     [
-        (False, INSTALLED_RUNNING, "degraded", [health.MEMORY_CGROUP_HINT]),
+        (False, INSTALLED_RUNNING, "degraded", [verdict.MEMORY_CGROUP_HINT]),
         (False, {"installed": False, "running": None}, "ok", []),
         (None, INSTALLED_RUNNING, "ok", []),
-        (True, {"installed": True, "running": False}, "critical", [health.NOT_RUNNING]),
+        (True, {"installed": True, "running": False}, "critical", [verdict.NOT_RUNNING]),
         (True, {"installed": True, "running": None}, "ok", []),
         (True, {"installed": False, "running": False}, "ok", []),
         (
             False,
             {"installed": True, "running": False},
             "critical",
-            [health.NOT_RUNNING, health.MEMORY_CGROUP_HINT],
+            [verdict.NOT_RUNNING, verdict.MEMORY_CGROUP_HINT],
         ),
         (True, {}, "ok", []),
     ],
 )
 def test_microk8s_rules(memory_cgroup, microk8s, status, reasons):
     system = _system(memory_cgroup=memory_cgroup)
-    assert health.evaluate(system, microk8s, T) == (status, reasons)
+    assert verdict.evaluate(system, microk8s, T) == (status, reasons)
 
 
 def test_memory_cgroup_hint_names_the_kernel_flags():
-    assert "cgroup_enable=memory cgroup_memory=1" in health.MEMORY_CGROUP_HINT
+    assert "cgroup_enable=memory cgroup_memory=1" in verdict.MEMORY_CGROUP_HINT
 
 
 def test_worst_finding_wins_and_every_reason_is_kept():
@@ -121,7 +122,7 @@ def test_worst_finding_wins_and_every_reason_is_kept():
         disks=[_disk("/", 50.0), _disk("/var/snap", 96.0), _disk("/boot", 86.0)],
         memory={"percent": 91.2},
     )
-    status, reasons = health.evaluate(system, INSTALLED_RUNNING, T)
+    status, reasons = verdict.evaluate(system, INSTALLED_RUNNING, T)
     assert status == "critical"
     assert reasons == [
         "temperature 80.0 C >= 75.0 C",
@@ -143,12 +144,12 @@ def test_worst_finding_wins_and_every_reason_is_kept():
     ],
 )
 def test_unknown_values_never_produce_a_reason(system):
-    assert health.evaluate(system, {"installed": True, "running": None}, T) == ("ok", [])
+    assert verdict.evaluate(system, {"installed": True, "running": None}, T) == ("ok", [])
 
 
 def test_thresholds_are_configurable():
-    strict = health.Thresholds(temperature_warn_c=40, temperature_crit_c=45)
-    assert health.evaluate(_system(), INSTALLED_RUNNING, strict) == (
+    strict = verdict.Thresholds(temperature_warn_c=40, temperature_crit_c=45)
+    assert verdict.evaluate(_system(), INSTALLED_RUNNING, strict) == (
         "critical",
         ["temperature 48.3 C >= 45.0 C"],
     )
@@ -163,11 +164,11 @@ def test_thresholds_from_settings():
         memory_warn_percent=85,
         memory_crit_percent=95,
     )
-    assert health.Thresholds.from_settings(settings) == health.Thresholds(70, 80, 80, 90, 85, 95)
+    assert verdict.Thresholds.from_settings(settings) == verdict.Thresholds(70, 80, 80, 90, 85, 95)
 
 
 def test_default_thresholds_match_config_defaults():
-    assert health.Thresholds.from_settings(config.HealthSettings()) == health.Thresholds()
+    assert verdict.Thresholds.from_settings(config.HealthSettings()) == verdict.Thresholds()
 
 
 MICROK8S = {
@@ -204,7 +205,7 @@ def _snapshot(**overrides: Any) -> dict[str, Any]:
         "thresholds": T,
     }
     kwargs.update(overrides)
-    return health.build_snapshot(**kwargs)
+    return verdict.build_snapshot(**kwargs)
 
 
 def test_build_snapshot_has_every_required_field():
@@ -230,7 +231,7 @@ def test_build_snapshot_without_agent_has_no_agent_key():
 
 def test_encode_is_compact_utf8_json():
     snapshot = _snapshot(node="pi-01", kube={"note": "température"})
-    data = health.encode(snapshot)
+    data = verdict.encode(snapshot)
     assert b", " not in data
     assert b": " not in data
     assert "température".encode() in data
@@ -239,7 +240,7 @@ def test_encode_is_compact_utf8_json():
 
 def test_encode_refuses_nan():
     with pytest.raises(ValueError, match="JSON"):
-        health.encode({"x": float("nan")})
+        verdict.encode({"x": float("nan")})
 
 
 def test_realistic_worst_case_snapshot_fits_the_budget():
@@ -262,7 +263,7 @@ def test_realistic_worst_case_snapshot_fits_the_budget():
         seq=1_000_000,
         session=1_000,
     )
-    data = health.encode(snapshot)
+    data = verdict.encode(snapshot)
     assert snapshot["status"] == "critical"
     assert len(snapshot["reasons"]) == 9
     assert len(data) < 1536, len(data)

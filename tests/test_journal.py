@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.commands.journal import JOURNAL_FILE, Journal
 from agent.errors import StateError
-from agent.journal import JOURNAL_FILE, Journal
 
 
 class Clock:

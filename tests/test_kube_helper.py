@@ -1,5 +1,6 @@
-"""cordon, drain and uncordon: the snap backend runs `python -m agent.kube` (a real child process)
-against the Kubernetes API fake; the requests are asserted as the fake received them."""
+"""cordon, drain and uncordon: the snap backend runs `python -m agent.microk8s.drain` (a real
+child process) against the Kubernetes API fake; the requests are asserted as the fake received
+them."""
 
 from __future__ import annotations
 
@@ -108,7 +109,16 @@ async def test_helper_failures(snap_env: SnapEnv) -> None:
 
 def test_helper_usage_and_no_client_in_the_agent() -> None:
     usage = subprocess.run(
-        [sys.executable, "-m", "agent.kube", "delete", "--kubeconfig", "x", "--node", "y"],
+        [
+            sys.executable,
+            "-m",
+            "agent.microk8s.drain",
+            "delete",
+            "--kubeconfig",
+            "x",
+            "--node",
+            "y",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -116,7 +126,7 @@ def test_helper_usage_and_no_client_in_the_agent() -> None:
     )
     assert usage.returncode == 2 and "invalid choice: 'delete'" in usage.stderr
     probe = (
-        "import sys, agent.app, agent.backends.snap, agent.backends.select\n"
+        "import sys, agent.app, agent.microk8s.backends.snap, agent.microk8s.backends.select\n"
         "print(sorted(m for m in sys.modules if m.startswith('kubernetes')))"
     )
     loaded = subprocess.run(

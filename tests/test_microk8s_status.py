@@ -1,4 +1,4 @@
-"""agent.microk8s_status against every recorded CLI output, plus the variations MicroK8s allows."""
+"""agent.microk8s.status against every recorded CLI output, plus the variations MicroK8s allows."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.microk8s_status import (
+from agent.microk8s.status import (
     NOT_INSTALLED,
     WORKER,
     MicroK8sFacts,
@@ -25,10 +25,10 @@ from tests.paths import FIXTURES, MICROK8S_CLI
 
 NOT_RUNNING_MESSAGE = "microk8s is not running. Use microk8s inspect for a deeper inspection."
 HA_NODES = (
-    ("10.0.0.11:19001", "voter"),
-    ("10.0.0.12:19001", "voter"),
-    ("10.0.0.13:19001", "voter"),
-    ("10.0.0.14:19001", "standby"),
+    ("127.0.0.11:19001", "voter"),
+    ("127.0.0.12:19001", "voter"),
+    ("127.0.0.13:19001", "voter"),
+    ("127.0.0.14:19001", "standby"),
 )
 PRETTY_ENABLED = ("dns", "ha-cluster", "helm", "helm3")
 
@@ -139,8 +139,8 @@ addons:
 high-availability:
   nodes:
     - role: voter
-      address: 10.0.0.11:19001
-    - address: 10.0.0.14:19001
+      address: 127.0.0.11:19001
+    - address: 127.0.0.14:19001
       role: spare
   enabled: False
 microk8s:
@@ -154,7 +154,7 @@ def test_yaml_keys_reordered() -> None:
     assert facts.ha is False
     assert facts.addons == ("dns",)
     assert facts.disabled_addons == ("metallb",)
-    assert facts.ha_nodes == (("10.0.0.11:19001", "voter"), ("10.0.0.14:19001", "spare"))
+    assert facts.ha_nodes == (("127.0.0.11:19001", "voter"), ("127.0.0.14:19001", "spare"))
 
 
 def test_yaml_keys_reordered_with_colon_in_description() -> None:
@@ -277,7 +277,7 @@ def test_pretty_long_addon_name_and_no_standbys() -> None:
     text = (
         "microk8s is running\n"
         "high-availability: no\n"
-        "  datastore master nodes: 10.0.0.11:19001\n"
+        "  datastore master nodes: 127.0.0.11:19001\n"
         "  datastore standby nodes: none\n"
         "addons:\n"
         "  enabled:\n"
@@ -287,7 +287,7 @@ def test_pretty_long_addon_name_and_no_standbys() -> None:
     facts = parse_status(text, 0)
     assert facts.addons == ("a-very-long-addon-name-indeed",)
     assert facts.disabled_addons == ()
-    assert facts.ha_nodes == (("10.0.0.11:19001", "voter"),)
+    assert facts.ha_nodes == (("127.0.0.11:19001", "voter"),)
 
 
 def test_pretty_external_etcd_has_no_dqlite_members() -> None:

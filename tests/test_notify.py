@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import notify
+from agent.platform import systemd_notify
 from tests.conftest import Broker, agent_config, free_port, watch
 
 pytestmark = pytest.mark.broker
@@ -64,12 +64,12 @@ def has(field: str) -> Callable[[list[str]], bool]:
     [("/run/systemd/notify", "/run/systemd/notify"), ("@sd/notify", "\0sd/notify"), ("", None)],
 )
 def test_socket_address(value: str, expected: str | None) -> None:
-    assert notify.socket_address(value) == expected
+    assert systemd_notify.socket_address(value) == expected
 
 
 def test_socket_address_rejects_unsupported_kinds() -> None:
-    assert notify.socket_address("vsock:2:1234") is None
-    assert notify.socket_address("relative/path") is None
+    assert systemd_notify.socket_address("vsock:2:1234") is None
+    assert systemd_notify.socket_address("relative/path") is None
 
 
 @pytest.mark.parametrize(
@@ -86,11 +86,11 @@ def test_socket_address_rejects_unsupported_kinds() -> None:
 def test_watchdog_interval_is_half_and_only_for_our_pid(
     env: dict[str, str], expected: float | None
 ) -> None:
-    assert notify.watchdog_interval_s(env, pid=42) == expected
+    assert systemd_notify.watchdog_interval_s(env, pid=42) == expected
 
 
 def test_send_utf8_fields_to_a_path_socket(listener: Listener) -> None:
-    notifier = notify.Notifier({"NOTIFY_SOCKET": listener.env_value})
+    notifier = systemd_notify.Notifier({"NOTIFY_SOCKET": listener.env_value})
     assert notifier.enabled
     assert notifier.send("READY=1", "STATUS=connected ✓")
     assert listener.wait_for(has("READY=1")) == ["READY=1", "STATUS=connected ✓"]
@@ -100,20 +100,20 @@ def test_send_to_an_abstract_socket() -> None:
     name = f"edge-agent-test-{uuid.uuid4().hex}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind("\0" + name)
-        notifier = notify.Notifier({"NOTIFY_SOCKET": "@" + name})
+        notifier = systemd_notify.Notifier({"NOTIFY_SOCKET": "@" + name})
         assert notifier.send("WATCHDOG=1")
         sock.settimeout(5)
         assert sock.recv(64) == b"WATCHDOG=1"
 
 
 def test_without_a_socket_nothing_is_sent() -> None:
-    notifier = notify.Notifier({})
+    notifier = systemd_notify.Notifier({})
     assert not notifier.enabled
     assert notifier.send("READY=1") is False
 
 
 def test_a_failed_send_is_reported_not_raised(tmp_path: Path) -> None:
-    notifier = notify.Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
+    notifier = systemd_notify.Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
     assert notifier.send("READY=1") is False
     assert notifier.send("WATCHDOG=1") is False
 

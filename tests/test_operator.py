@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from agent import operator, protocol
+from agent.commands import wire
+from agent.operator import tools
 from tests.commands_helpers import NODE, commands_config, fake_env, mutating_calls, ready
 from tests.conftest import AgentProcess, Broker, watch
 from tests.paths import REPO
@@ -39,19 +40,19 @@ async def cli(*args: str, timeout_s: float = 30) -> tuple[int, str, str]:
 
 
 def test_envelope_ids_are_valid_and_times_are_integers() -> None:
-    body = operator.build_envelope("pi-01", "status", {}, 1764160000.7)
-    assert protocol.ID_RE.fullmatch(body["id"])
+    body = tools.build_envelope("pi-01", "status", {}, 1764160000.7)
+    assert wire.ID_RE.fullmatch(body["id"])
     assert body["id"].startswith("c-20251126T122640Z-")
     assert body["issued_at"] == 1764160000
-    assert body["id"] != operator.build_envelope("pi-01", "status", {}, 1764160000.7)["id"]
+    assert body["id"] != tools.build_envelope("pi-01", "status", {}, 1764160000.7)["id"]
 
 
 def test_describe_one_line_per_status() -> None:
-    line = operator.describe(
+    line = tools.describe(
         {"id": "c-1", "node": "pi-01", "status": "running", "ts": 0, "detail": "draining"}
     )
     assert line.split("  ")[1:] == ["pi-01", "c-1", "running", "draining"]
-    done = operator.describe(
+    done = tools.describe(
         {
             "id": "c-1",
             "node": "pi-01",
@@ -62,7 +63,7 @@ def test_describe_one_line_per_status() -> None:
         }
     )
     assert done.endswith("succeeded  (duplicate)  old_version=v1.32.3 new_version=v1.33.0")
-    health = operator.describe(
+    health = tools.describe(
         {
             "id": "c-2",
             "node": "pi-01",
@@ -80,7 +81,7 @@ def test_describe_one_line_per_status() -> None:
     [("succeeded", 0), ("failed", 1), ("timed_out", 1), ("rejected", 2)],
 )
 def test_exit_codes(status: str, code: int) -> None:
-    assert operator.exit_code(status) == code
+    assert tools.exit_code(status) == code
 
 
 def test_nodes_table() -> None:
@@ -95,7 +96,7 @@ def test_nodes_table() -> None:
         },
         "pi-03": {"ts": "bad", "status": "critical", "system": None, "microk8s": None},
     }
-    table = operator.format_table(operator.node_rows(states, healths, now)).splitlines()
+    table = tools.format_table(tools.node_rows(states, healths, now)).splitlines()
     assert table[0].split() == ["NODE", "STATE", "STATUS", "VERSION", "TEMP", "LAST", "SEEN"]
     assert table[1].split() == ["pi-01", "online", "ok", "v1.32.3", "48.3", "C", "2s", "ago"]
     assert table[2].split() == ["pi-02", "offline", "-", "-", "-", "15m", "ago"]

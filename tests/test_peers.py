@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent import failover, peers
+from agent.ha import failover, peers
 
-A, B, C = "10.0.0.11:19001", "10.0.0.12:19001", "10.0.0.13:19001"
+A, B, C = "127.0.0.11:19001", "127.0.0.12:19001", "127.0.0.13:19001"
 NODES = {A: "pi-01", B: "pi-02", C: "pi-03"}
 WINDOW = 10.0
 
@@ -16,7 +16,7 @@ def report(node: str, unreachable: set[str] | None = None, **extra: Any) -> dict
         {"address": a, "node": n, "role": "voter", "reachable": a not in (unreachable or set())}
         for a, n in NODES.items()
     ]
-    address = next((a for a, n in NODES.items() if n == node), "10.0.0.14:19001")
+    address = next((a for a, n in NODES.items() if n == node), "127.0.0.14:19001")
     return {"node": node, "address": address, "members": members, "maintenance": False, **extra}
 
 
@@ -131,14 +131,14 @@ def test_a_lone_report_is_not_a_witness() -> None:
 
 def test_members_are_matched_by_host_whatever_the_port() -> None:
     moved = report("pi-02", {C})
-    moved["members"][2]["address"] = "10.0.0.13:19002"
+    moved["members"][2]["address"] = "127.0.0.13:19002"
     book = book_with(moved, report("pi-03", {C}))
     assert statuses(book.view(report("pi-01", {C}), now=1.0))["pi-03"] == "down"
 
 
 def test_names_come_from_peers_own_addresses() -> None:
     book = book_with(report("pi-02"), report("pi-03"))
-    assert book.names() == {"10.0.0.12": "pi-02", "10.0.0.13": "pi-03"}
+    assert book.names() == {"127.0.0.12": "pi-02", "127.0.0.13": "pi-03"}
 
 
 # --- auto-remove planner -------------------------------------------------------------------
@@ -212,4 +212,4 @@ def test_remover_uses_the_ip_when_the_name_is_unknown() -> None:
     remover.observe(view, now=0)
     removal = remover.decide("pi-01", view, now=5)
     assert removal is not None
-    assert removal.target == "10.0.0.13"
+    assert removal.target == "127.0.0.13"

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import pi
+from agent.health import pi
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pi"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "pi"
 
 # fixture file -> where it lives under a real root
 FIXTURE_PATHS = {

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from agent import probes
-from agent.ha import MemberProbe
-from agent.membership import Member
+from agent.ha import probes
+from agent.ha.membership import Member
+from agent.ha.quorum import MemberProbe
 from tests.cluster_fakes import FakeMember, loopback_block, self_signed
 
 

@@ -1,4 +1,4 @@
-"""agent.process against real children: exit codes, output cap, group kill on timeout/cancel."""
+"""agent.microk8s.process against real children: exit codes, output cap, group kill on timeout."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import process
 from agent.errors import CommandTimedOut, ProcessError
+from agent.microk8s import process
 from tests.paths import FAKES, MICROK8S_CLI
 
 

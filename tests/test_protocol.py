@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from agent import protocol, verbs
-from agent.protocol import Limits, Rejected, Status, Verb
-from agent.statuses import response_topic_allowed
+from agent.commands import verbs, wire
+from agent.commands.statuses import response_topic_allowed
+from agent.commands.wire import Limits, Rejected, Status, Verb
 
 NOW = 1_764_160_000.0
 LIMITS = Limits(node="pi-01", max_age_s=300, clock_skew_s=60)
 TOKEN = "92b2db237428470dc4fcfc4ebbd9dc81"
-URL = f"10.0.0.11:25000/{TOKEN}/2c0cb3284b05"
+URL = f"127.0.0.11:25000/{TOKEN}/2c0cb3284b05"
 
 
 def envelope(**changes: Any) -> dict[str, Any]:
@@ -35,7 +35,7 @@ DROP = object()
 
 def read(body: dict[str, Any] | bytes, *, retained: bool = False, now: float = NOW):
     payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-    decoded = protocol.decode(payload)
+    decoded = wire.decode(payload)
     return verbs.read_request(decoded, LIMITS, now, retained=retained)
 
 
@@ -61,7 +61,7 @@ UNREADABLE = [
 @pytest.mark.parametrize(("payload", "reason"), UNREADABLE)
 def test_unreadable_payloads_have_no_id(payload: bytes, reason: str) -> None:
     with pytest.raises(Rejected) as caught:
-        protocol.decode(payload)
+        wire.decode(payload)
     assert reason in caught.value.reason
     assert caught.value.command_id is None
 
@@ -71,7 +71,7 @@ def test_a_payload_of_exactly_64_kib_is_read() -> None:
     text = json.dumps(body)
     padded = text[:-1] + " " * (64 * 1024 - len(text)) + "}"
     assert len(padded.encode()) == 64 * 1024
-    assert protocol.decode(padded.encode()).command_id == body["id"]
+    assert wire.decode(padded.encode()).command_id == body["id"]
 
 
 # -- readable id: rejected on R/cmd/{id} ----------------------------------------------------
@@ -147,15 +147,15 @@ BAD_ARGS = [
     ("join", {"url": f"pi-01:25000/{TOKEN}"}, "url must be"),  # host name
     ("join", {"url": f"[::1]:25000/{TOKEN}"}, "url must be"),  # IPv6
     ("join", {"url": f"10.0.0.256:25000/{TOKEN}"}, "url must be"),
-    ("join", {"url": f"010.0.0.11:25000/{TOKEN}"}, "url must be"),  # octal-looking octet
-    ("join", {"url": f"10.0.0.11:0/{TOKEN}"}, "url must be"),
-    ("join", {"url": f"10.0.0.11:70000/{TOKEN}"}, "url must be"),
-    ("join", {"url": "10.0.0.11:25000/short"}, "url must be"),
-    ("join", {"url": f"10.0.0.11:25000/{TOKEN[:31]}"}, "url must be"),
-    ("join", {"url": f"10.0.0.11:25000/{TOKEN}-x"}, "url must be"),
-    ("join", {"url": f"10.0.0.11:25000/{TOKEN}/2c0cb3284b0"}, "url must be"),  # fp < 12
-    ("join", {"url": f"10.0.0.11:25000/{TOKEN}/zzzzzzzzzzzz"}, "url must be"),
-    ("join", {"url": f"10.0.0.11:25000/{TOKEN} --skip-verify"}, "url must be"),
+    ("join", {"url": f"0127.0.0.11:25000/{TOKEN}"}, "url must be"),  # octal-looking octet
+    ("join", {"url": f"127.0.0.11:0/{TOKEN}"}, "url must be"),
+    ("join", {"url": f"127.0.0.11:70000/{TOKEN}"}, "url must be"),
+    ("join", {"url": "127.0.0.11:25000/short"}, "url must be"),
+    ("join", {"url": f"127.0.0.11:25000/{TOKEN[:31]}"}, "url must be"),
+    ("join", {"url": f"127.0.0.11:25000/{TOKEN}-x"}, "url must be"),
+    ("join", {"url": f"127.0.0.11:25000/{TOKEN}/2c0cb3284b0"}, "url must be"),  # fp < 12
+    ("join", {"url": f"127.0.0.11:25000/{TOKEN}/zzzzzzzzzzzz"}, "url must be"),
+    ("join", {"url": f"127.0.0.11:25000/{TOKEN} --skip-verify"}, "url must be"),
     ("join", {"url": URL, "worker": "yes"}, "worker must be true or false"),
     ("addon", {"name": "dns"}, "missing argument(s): action"),
     ("addon", {"name": "DNS", "action": "enable"}, "name must be"),
@@ -194,7 +194,7 @@ def test_argument_rejections(verb: str, args: dict[str, Any], reason: str) -> No
 
 GOOD_ARGS = [
     ("join", {"url": URL}, verbs.JoinArgs(URL, False)),
-    ("join", {"url": f"10.0.0.11:25000/{TOKEN}", "worker": True}, None),
+    ("join", {"url": f"127.0.0.11:25000/{TOKEN}", "worker": True}, None),
     (
         "addon",
         {"name": "core/dns", "action": "disable"},
@@ -259,7 +259,7 @@ def test_response_topic_rule(topic: str, allowed: bool) -> None:
 
 
 def test_status_payload_drops_absent_optional_fields() -> None:
-    body = protocol.status_payload("c-1", "join", "pi-01", Status.FAILED, 12.34567, error="x")
+    body = wire.status_payload("c-1", "join", "pi-01", Status.FAILED, 12.34567, error="x")
     assert body == {
         "id": "c-1",
         "verb": "join",
@@ -268,7 +268,7 @@ def test_status_payload_drops_absent_optional_fields() -> None:
         "ts": 12.346,
         "error": "x",
     }
-    assert json.loads(protocol.encode(body)) == body
+    assert json.loads(wire.encode(body)) == body
 
 
 def test_terminal_statuses() -> None:

@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import protocol, signing, verbs
-from agent.protocol import Limits, Rejected
+from agent.commands import signing, verbs, wire
+from agent.commands.wire import Limits, Rejected
 
 NOW = 1_764_160_000.0
 LIMITS = Limits(node="pi-01", max_age_s=300, clock_skew_s=60)
@@ -31,13 +31,13 @@ json_values = st.recursive(
 simple_values = json_scalars | st.lists(json_scalars, max_size=3)
 field_values: dict[str, st.SearchStrategy[Any]] = {
     "v": st.sampled_from([1, 2, "1", 1.0, True]) | simple_values,
-    "id": st.from_regex(protocol.ID_RE, fullmatch=True) | simple_values,
+    "id": st.from_regex(wire.ID_RE, fullmatch=True) | simple_values,
     "verb": st.sampled_from(["join", "addon", "upgrade", "status", "x"]) | simple_values,
     "target": st.sampled_from(["pi-01", "pi-02"]) | simple_values,
     "args": st.fixed_dictionaries(
         {},
         optional={
-            "url": st.sampled_from(["10.0.0.11:25000/" + "a" * 32, "x"]) | simple_values,
+            "url": st.sampled_from(["127.0.0.11:25000/" + "a" * 32, "x"]) | simple_values,
             "worker": simple_values,
             "name": st.sampled_from(["dns", "core/dns", "DNS"]) | simple_values,
             "action": st.sampled_from(["enable", "disable"]) | simple_values,
@@ -59,7 +59,7 @@ envelopes = st.fixed_dictionaries({}, optional=field_values)
 
 def read_everything(payload: bytes, *, retained: bool = False) -> verbs.Command:
     """The intake's pure checks, in the intake's order."""
-    decoded = protocol.decode(payload)
+    decoded = wire.decode(payload)
     reason = VERIFIER.authenticate(
         decoded.body, mutating=decoded.verb_text != "status", allow_unsigned=True
     )
@@ -98,7 +98,7 @@ def test_envelope_shaped_json(body: dict[str, Any], retained: bool) -> None:
         assert result.envelope.target == "pi-01"
         assert result.envelope.issued_at <= NOW + LIMITS.clock_skew_s
         assert result.envelope.expires_at + LIMITS.clock_skew_s >= NOW
-    elif isinstance(body.get("id"), str) and protocol.ID_RE.fullmatch(body["id"]):
+    elif isinstance(body.get("id"), str) and wire.ID_RE.fullmatch(body["id"]):
         assert result.command_id == body["id"]
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.backends.base import NoBackend
-from agent.backends.cli import CliBackend
 from agent.errors import BackendUnavailable
+from agent.microk8s.backends.base import NoBackend
+from agent.microk8s.backends.cli import CliBackend
 from tests.paths import FAKES, MICROK8S_CLI
 
 
@@ -36,8 +36,8 @@ async def test_cli_remove_node_forces(backend: CliBackend, tmp_path: Path) -> No
 
 
 async def test_cli_remove_node_by_ip(backend: CliBackend, tmp_path: Path) -> None:
-    assert (await backend.remove_node("10.0.0.13")).ok
-    assert calls(tmp_path) == [["remove-node", "10.0.0.13", "--force"]]
+    assert (await backend.remove_node("127.0.0.13")).ok
+    assert calls(tmp_path) == [["remove-node", "127.0.0.13", "--force"]]
 
 
 async def test_cli_remove_node_failure_is_an_outcome(backend: CliBackend) -> None:
@@ -47,7 +47,7 @@ async def test_cli_remove_node_failure_is_an_outcome(backend: CliBackend) -> Non
     assert outcome.error == "exit code 1: Node pi-99 does not exist in Kubernetes."
 
 
-@pytest.mark.parametrize("name", ["--force", "pi 03", "PI-03", "", "10.0.0.13:19001", "a;b"])
+@pytest.mark.parametrize("name", ["--force", "pi 03", "PI-03", "", "127.0.0.13:19001", "a;b"])
 async def test_cli_remove_node_refuses_odd_names(
     backend: CliBackend, tmp_path: Path, name: str
 ) -> None:

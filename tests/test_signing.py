@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from agent import config, signing
+from agent import config
+from agent.commands import signing
+from agent.commands.signing import Signer, SigningError, Verifier
 from agent.errors import ConfigError
-from agent.signing import Signer, SigningError, Verifier
 from tests.paths import REPO
 
 

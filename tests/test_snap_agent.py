@@ -20,7 +20,7 @@ from tests.fakes.snapd import snapd_calls
 pytestmark = pytest.mark.broker
 
 TOKEN = "92b2db237428470dc4fcfc4ebbd9dc81"
-JOIN_URL = f"10.0.0.11:25000/{TOKEN}/2c0cb3284b05"
+JOIN_URL = f"127.0.0.11:25000/{TOKEN}/2c0cb3284b05"
 SNAP = "/v2/snaps/microk8s"
 CONF = "/v2/snaps/microk8s/conf"
 HOLD = ("POST", SNAP, {"action": "hold", "time": "forever", "hold-level": "general"})
@@ -239,7 +239,7 @@ async def test_join_timed_out_then_joined(
     assert joined["result"]["nodes"][-1] == "pi-05"
     details = [s.get("detail") for s in statuses if s["status"] == "running"]
     assert (
-        "joining 10.0.0.11:25000/****/2c0cb3284b05 as a worker through a launch configuration"
+        "joining 127.0.0.11:25000/****/2c0cb3284b05 as a worker through a launch configuration"
         in details
     )
     configs = [c[2]["config"] for c in snapd_calls(snap_env.snapd) if c[0] == "PUT"]

@@ -11,18 +11,18 @@ from typing import Any
 
 import pytest
 
-from agent.backends import select
-from agent.backends.base import Backend, NoBackend
-from agent.backends.cli import CliBackend
-from agent.backends.snap import SnapBackend
-from agent.clusteragent import ClusterAgent, ClusterAgentError
 from agent.errors import BackendError
+from agent.microk8s.backends import select
+from agent.microk8s.backends.base import Backend, NoBackend
+from agent.microk8s.backends.cli import CliBackend
+from agent.microk8s.backends.snap import SnapBackend
+from agent.microk8s.clusteragent import ClusterAgent, ClusterAgentError
 from tests.fakes.fixtures import NONCE, SnapEnv
 from tests.fakes.snapd import snapd_calls
 from tests.paths import FAKES, FIXTURES
 
 TOKEN = "92b2db237428470dc4fcfc4ebbd9dc81"
-JOIN_URL = f"10.0.0.11:25000/{TOKEN}/2c0cb3284b05"
+JOIN_URL = f"127.0.0.11:25000/{TOKEN}/2c0cb3284b05"
 SNAP = "/v2/snaps/microk8s"
 CONF = "/v2/snaps/microk8s/conf"
 CONFIGURE = "/cluster/api/v1.0/configure"
@@ -340,7 +340,7 @@ async def test_join_through_a_launch_configuration(snap_env: SnapEnv) -> None:
     lists = [c for c in snap_env.kube.recorder.calls() if c == ("GET", "/api/v1/nodes", None)]
     assert len(lists) == 3
     assert progress.details[0] == (
-        "joining 10.0.0.11:25000/****/2c0cb3284b05 as a worker through a launch configuration"
+        "joining 127.0.0.11:25000/****/2c0cb3284b05 as a worker through a launch configuration"
     )
     assert_masked(*progress.details, outcome.output, outcome.error)
 

@@ -8,8 +8,8 @@ import json
 import pytest
 import yaml
 
-from agent import kube_model, microk8s_requests, snapd_model
-from agent.kube_model import KubeconfigError, PodRef
+from agent.microk8s import kube_model, request_bodies, snapd_model
+from agent.microk8s.kube_model import KubeconfigError, PodRef
 from tests.fakes.kubeapi import pods
 from tests.fakes.tls import b64
 from tests.paths import FIXTURES
@@ -150,7 +150,7 @@ def test_nodes_from_fixture() -> None:
         n.name: n for n in kube_model.parse_node_list(json.loads((KUBE / "nodes.json").read_text()))
     }
     assert (nodes["pi-01"].ready, nodes["pi-01"].kubelet_version) == (True, "v1.32.3")
-    assert nodes["pi-01"].addresses == ("10.0.0.11",)
+    assert nodes["pi-01"].addresses == ("127.0.0.11",)
     assert nodes["pi-03"].ready is False  # Ready "Unknown": the kubelet stopped posting
     assert nodes["pi-03"].conditions["Ready"] is None
     assert (nodes["pi-04"].worker, nodes["pi-04"].unschedulable) == (True, True)
@@ -186,12 +186,12 @@ def test_kube_section_unknowns_are_null() -> None:
 def test_join_verdict_needs_this_node_next_to_the_peer() -> None:
     nodes = kube_model.parse_node_list(json.loads((KUBE / "nodes.json").read_text()))
     alone = [n for n in nodes if n.name == "pi-01"]
-    assert kube_model.join_verdict(alone, "pi-01", "10.0.0.11") == (
+    assert kube_model.join_verdict(alone, "pi-01", "127.0.0.11") == (
         False,
-        "the Kubernetes API lists pi-01 (no other node with address 10.0.0.11)",
+        "the Kubernetes API lists pi-01 (no other node with address 127.0.0.11)",
     )
-    assert kube_model.join_verdict(nodes, "pi-02", "10.0.0.11")[0] is True
-    assert kube_model.join_verdict(nodes, "pi-09", "10.0.0.11") == (
+    assert kube_model.join_verdict(nodes, "pi-02", "127.0.0.11")[0] is True
+    assert kube_model.join_verdict(nodes, "pi-09", "127.0.0.11") == (
         False,
         "the Kubernetes API lists pi-01, pi-02, pi-03, pi-04 (no node 'pi-09')",
     )
@@ -231,37 +231,35 @@ def test_helper_events_described(event: dict[str, object], detail: str | None) -
 
 
 def test_join_launch_configuration() -> None:
-    url = "10.0.0.11:25000/92b2db237428470dc4fcfc4ebbd9dc81/2c0cb3284b05"
-    text = microk8s_requests.join_config(url, worker=True, nonce="n-1")
+    url = "127.0.0.11:25000/92b2db237428470dc4fcfc4ebbd9dc81/2c0cb3284b05"
+    text = request_bodies.join_config(url, worker=True, nonce="n-1")
     assert text == (
         "version: 0.1.0\njoin:\n"
-        "  url: 10.0.0.11:25000/92b2db237428470dc4fcfc4ebbd9dc81/2c0cb3284b05\n"
+        "  url: 127.0.0.11:25000/92b2db237428470dc4fcfc4ebbd9dc81/2c0cb3284b05\n"
         "  worker: true\n# nonce: n-1\n"
     )
     assert yaml.safe_load(text) == {"version": "0.1.0", "join": {"url": url, "worker": True}}
 
 
 def test_addon_launch_configurations() -> None:
-    enable = microk8s_requests.addon_config(
-        "metallb", "enable", ["10.0.0.200-10.0.0.220"], nonce="n"
-    )
+    enable = request_bodies.addon_config("metallb", "enable", ["10.0.0.200-10.0.0.220"], nonce="n")
     assert yaml.safe_load(enable) == {
         "version": "0.1.0",
         "addons": [{"name": "metallb", "args": ["10.0.0.200-10.0.0.220"], "disable": False}],
     }
-    disable = microk8s_requests.addon_config("ingress", "disable", [], nonce="n")
+    disable = request_bodies.addon_config("ingress", "disable", [], nonce="n")
     assert yaml.safe_load(disable)["addons"] == [{"name": "ingress", "args": [], "disable": True}]
-    assert microk8s_requests.noop_config("n") == "version: 0.1.0\n# nonce: n\n"
+    assert request_bodies.noop_config("n") == "version: 0.1.0\n# nonce: n\n"
     with pytest.raises(ValueError, match="enable or disable"):
-        microk8s_requests.addon_config("dns", "restart", [], nonce="n")
+        request_bodies.addon_config("dns", "restart", [], nonce="n")
 
 
 def test_configure_body_matches_the_recorded_request() -> None:
     recorded = json.loads((FIXTURES / "cluster-agent" / "configure-request.json").read_text())
-    body = microk8s_requests.configure_body("tok", "metallb", "enable", ["10.0.0.200-10.0.0.220"])
+    body = request_bodies.configure_body("tok", "metallb", "enable", ["10.0.0.200-10.0.0.220"])
     assert body == {"callback": "tok", "addon": [recorded["addon"][1]]}
-    disable = microk8s_requests.configure_body("tok", "ingress", "disable", [])
+    disable = request_bodies.configure_body("tok", "ingress", "disable", [])
     assert disable["addon"] == [recorded["addon"][2]]
-    assert microk8s_requests.configure_body("tok", "dns", "enable", [])["addon"] == [
+    assert request_bodies.configure_body("tok", "dns", "enable", [])["addon"] == [
         recorded["addon"][0]
     ]

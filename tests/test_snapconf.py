@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import config, snapconf, snappaths
+from agent import config
+from agent.platform import snap_configure, snap_paths
 from tests.snapenv import NAME, FakeSnap
 
 SERVICE = f"{NAME}.daemon"
@@ -28,7 +29,7 @@ def snap(tmp_path: Path) -> FakeSnap:
 
 
 def test_options_map_onto_toml_keys() -> None:
-    sections, problems = snapconf.to_sections(
+    sections, problems = snap_configure.to_sections(
         {
             "mqtt": {"host": "broker.lan", "port": 8883, "keepalive-s": 15},
             "commands": {"trusted-keys": [f"{COMMON}/keys/ops-1.pub"]},
@@ -39,7 +40,7 @@ def test_options_map_onto_toml_keys() -> None:
     assert problems == []
     assert sections["mqtt"] == {"host": "broker.lan", "port": 8883, "keepalive_s": 15}
     assert sections["commands"] == {"trusted_keys": [f"{COMMON}/keys/ops-1.pub"]}
-    assert snapconf.option_name("mqtt", "password_file") == "mqtt.password-file"
+    assert snap_configure.option_name("mqtt", "password_file") == "mqtt.password-file"
 
 
 @pytest.mark.parametrize(
@@ -57,7 +58,7 @@ def test_options_map_onto_toml_keys() -> None:
     ],
 )
 def test_secrets_are_refused_without_being_echoed(options: dict[str, object], needle: str) -> None:
-    sections, problems = snapconf.to_sections(options, COMMON)
+    sections, problems = snap_configure.to_sections(options, COMMON)
     assert len(problems) == 1
     assert needle in problems[0]
     assert "hunter2" not in problems[0]
@@ -65,7 +66,7 @@ def test_secrets_are_refused_without_being_echoed(options: dict[str, object], ne
 
 
 def test_secret_files_under_snap_common_are_accepted() -> None:
-    sections, problems = snapconf.to_sections(
+    sections, problems = snap_configure.to_sections(
         {"mqtt": {"password-file": f"{COMMON}/mqtt-password"}}, COMMON
     )
     assert problems == []
@@ -73,17 +74,19 @@ def test_secret_files_under_snap_common_are_accepted() -> None:
 
 
 def test_a_group_where_a_value_belongs_is_refused() -> None:
-    _, problems = snapconf.to_sections({"mqtt": {"host": {"name": "x"}}, "node": "pi"}, COMMON)
+    _, problems = snap_configure.to_sections(
+        {"mqtt": {"host": {"name": "x"}}, "node": "pi"}, COMMON
+    )
     assert any("mqtt.host: expected a single value" in p for p in problems)
     assert any(p.startswith("node: expected a group of options") for p in problems)
 
 
 def test_the_daemon_runs_only_once_a_broker_is_set() -> None:
-    assert snapconf.service_commands({"mqtt": {"host": "b"}}, NAME) == [
+    assert snap_configure.service_commands({"mqtt": {"host": "b"}}, NAME) == [
         ["snapctl", "start", "--enable", SERVICE],
         ["snapctl", "restart", SERVICE],
     ]
-    assert snapconf.service_commands({"node": {"name": "pi-01"}}, NAME) == [
+    assert snap_configure.service_commands({"node": {"name": "pi-01"}}, NAME) == [
         ["snapctl", "stop", "--disable", SERVICE]
     ]
 
@@ -130,7 +133,7 @@ def test_bad_options_fail_and_change_nothing(
     options = snap.options()
     restarts = len(snap.service_log())
     result = snap.snap_set(assignment)
-    assert result.returncode == snapconf.EXIT_CONFIG
+    assert result.returncode == snap_configure.EXIT_CONFIG
     assert needle.replace(COMMON, str(snap.common)) in result.stderr
     assert "hunter2" not in result.stderr + result.stdout
     assert snap.config_file.read_bytes() == before
@@ -161,7 +164,7 @@ def test_a_failed_restart_puts_the_previous_file_back(snap: FakeSnap) -> None:
     assert snap.snap_set("mqtt.host=broker.lan").returncode == 0
     before = snap.config_file.read_bytes()
     result = snap.snap_set("mqtt.port=8883", FAKE_SNAPCTL_FAIL="restart")
-    assert result.returncode == snapconf.EXIT_FAILURE
+    assert result.returncode == snap_configure.EXIT_FAILURE
     assert "snapctl restart failed" in result.stderr
     assert snap.config_file.read_bytes() == before
     assert "port" not in snap.options()["mqtt"]  # type: ignore[operator]
@@ -190,7 +193,7 @@ def test_outside_a_snap_the_defaults_are_the_classic_ones(monkeypatch: pytest.Mo
     settings = config.Settings()
     assert settings.state.dir == "/var/lib/edge-agent"
     assert settings.microk8s.credentials_dir == "/var/snap/microk8s/current/credentials"
-    assert snappaths.default_config_path() is None
+    assert snap_paths.default_config_path() is None
 
 
 def test_snap_configure_outside_a_hook_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,4 +201,4 @@ def test_snap_configure_outside_a_hook_says_so(monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.delenv(var, raising=False)
     from agent import cli
 
-    assert cli.main(["snap-configure"]) == snapconf.EXIT_FAILURE
+    assert cli.main(["snap-configure"]) == snap_configure.EXIT_FAILURE

@@ -5,9 +5,9 @@ import time
 from collections import namedtuple
 from pathlib import Path
 
-from agent import health, pi, sysinfo
+from agent.health import pi, sysinfo, verdict
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pi"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "pi"
 
 Counters = namedtuple("Counters", "bytes_recv bytes_sent")
 
@@ -120,7 +120,7 @@ def test_real_snapshot_fits_the_budget():
     # This machine's own figures, a few mounts and an agent section: under 1.5 KiB.
     sysinfo.prime()
     system = sysinfo.collect(["/", "/tmp", "/var"], Path("/"))
-    snapshot = health.build_snapshot(
+    snapshot = verdict.build_snapshot(
         node="pi-01",
         cluster="default",
         ts=time.time(),
@@ -130,6 +130,6 @@ def test_real_snapshot_fits_the_budget():
         microk8s={"installed": False, "running": None, "version": None},
         kube={"node_ready": None},
         agent=sysinfo.process_figures(),
-        thresholds=health.Thresholds(),
+        thresholds=verdict.Thresholds(),
     )
-    assert len(health.encode(snapshot)) < 1536
+    assert len(verdict.encode(snapshot)) < 1536

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import statefiles
+from agent import durable
 from agent.errors import StateError
-from agent.presence import BACKOFF_CAP_S, backoff_delay, presence_payload
-from agent.state import AgentState, LinkView, readiness
-from agent.topics import Topics
+from agent.health.state import AgentState, LinkView, readiness
+from agent.link.presence import BACKOFF_CAP_S, backoff_delay, presence_payload
+from agent.link.topics import Topics
 
 
 def test_topics() -> None:
@@ -48,20 +48,20 @@ def test_presence_payloads() -> None:
 
 
 def test_session_file_roundtrip(tmp_path: Path) -> None:
-    assert statefiles.read_session(tmp_path) == 0
-    statefiles.write_session(tmp_path / "sub", 41)
-    assert statefiles.read_session(tmp_path / "sub") == 41
+    assert durable.read_session(tmp_path) == 0
+    durable.write_session(tmp_path / "sub", 41)
+    assert durable.read_session(tmp_path / "sub") == 41
     assert not list((tmp_path / "sub").glob(".*tmp"))
 
 
 def test_session_file_garbage_and_unwritable(tmp_path: Path) -> None:
     (tmp_path / "session").write_text("not a number")
     with pytest.raises(StateError):
-        statefiles.read_session(tmp_path)
+        durable.read_session(tmp_path)
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(StateError, match="cannot write"):
-        statefiles.write_session(blocker, 1)
+        durable.write_session(blocker, 1)
 
 
 def test_readiness_reasons() -> None:

@@ -1,4 +1,4 @@
-"""Fakes at the process or socket boundary, built from /work/shared/fixtures.
+"""Fakes at the process or socket boundary, built from the recorded formats in tests/fixtures.
 
 The executables here (`microk8s`, `snap`, `snapctl`) stand in for MicroK8s' CLI; the modules
 serve snapd's REST API on a unix socket, the MicroK8s cluster agent and the Kubernetes API over

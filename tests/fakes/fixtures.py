@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from agent.backends.snap import SnapBackend
-from agent.config import MicroK8sSettings
+from agent.microk8s.backends.snap import SnapBackend
+from agent.settings import MicroK8sSettings
 from tests.fakes.clusteragent import FakeClusterAgent
 from tests.fakes.kubeapi import FakeKubeApi
 from tests.fakes.snapd import FakeSnapd

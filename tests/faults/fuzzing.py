@@ -1,9 +1,10 @@
 """Fuzzing kit for the command intake: strategies, the intake's pure checks, and the argv oracle.
 
-The rules an accepted command must satisfy are written here again, independently of agent.verbs,
-from the text of docs/protocol.md (which follows PROTOCOL.md): if the agent's own regexes drift
-(a `$` that also matches before a newline, a `\\d` that also matches Arabic digits), the oracle
-disagrees. Character classes are spelled out in ASCII and everything is checked with fullmatch.
+The rules an accepted command must satisfy are written here again, independently of
+agent.commands.verbs, from the text of docs/protocol.md (which follows PROTOCOL.md): if the agent's
+own regexes drift (a `$` that also matches before a newline, a `\\d` that also matches Arabic
+digits), the oracle disagrees. Character classes are spelled out in ASCII and everything is checked
+with fullmatch.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import strategies as st
 
-from agent import process, protocol, signing, verbs
-from agent.backends.cli import CliBackend
-from agent.config import MicroK8sSettings
-from agent.executor import Executor
-from agent.microk8s_status import MicroK8sFacts
-from agent.protocol import Limits, Rejected
+from agent.commands import signing, verbs, wire
+from agent.commands.executor import Executor
+from agent.commands.wire import Limits, Rejected
+from agent.microk8s import process
+from agent.microk8s.backends.cli import CliBackend
+from agent.microk8s.status import MicroK8sFacts
+from agent.settings import MicroK8sSettings
 from tests.paths import FIXTURES, MICROK8S_CLI
 
 NOW = 1_764_160_000
@@ -131,8 +133,8 @@ def judge(
     availability and upgrade policy); any exception other than Rejected escapes.
     """
     try:
-        decoded = protocol.decode(payload)
-        mutating = decoded.verb_text != protocol.Verb.STATUS
+        decoded = wire.decode(payload)
+        mutating = decoded.verb_text != wire.Verb.STATUS
         reason = VERIFIER.authenticate(
             decoded.body, mutating=mutating, allow_unsigned=allow_unsigned
         )

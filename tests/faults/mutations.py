@@ -297,7 +297,7 @@ def example(verb: str, args: dict[str, Any], now: int = NOW) -> dict[str, Any]:
 
 def examples(now: int = NOW) -> tuple[dict[str, Any], ...]:
     return (
-        example("join", {"url": f"10.0.0.11:25000/{'a1' * 16}/2c0cb3284b05", "worker": True}, now),
+        example("join", {"url": f"127.0.0.11:25000/{'a1' * 16}/2c0cb3284b05", "worker": True}, now),
         example("join", {"url": f"192.168.1.2:1/{'Z9' * 20}"}, now),
         example(
             "addon", {"name": "metallb", "action": "enable", "args": ["10.0.0.2-10.0.0.9"]}, now

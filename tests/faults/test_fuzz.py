@@ -4,7 +4,7 @@
 runs exactly what CI runs. For every accepted request the real Executor and CliBackend build
 their argv lists (a recorder stands in for process.run) and each list must have the shape of a
 known command line whose values pass docs/protocol.md's rules, checked by an oracle written
-independently of agent.verbs (tests/faults/fuzzing.py). Every listed near miss is also tried
+independently of agent.commands.verbs (tests/faults/fuzzing.py). Every listed near miss is tried
 every run, and a sample of the same requests goes through a real mosquitto to a subprocess agent
 on the fake microk8s, where what counts is the wire: one status thread per request, every argv
 the fake ran safe.
@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from agent import protocol, signing, verbs
-from agent.protocol import Rejected
+from agent.commands import signing, verbs, wire
+from agent.commands.wire import Rejected
 from tests.commands_helpers import CMD, TERMINAL, fake_env
 from tests.conftest import AgentProcess, Broker, Watcher, agent_config, watch
 from tests.faults import fuzzing
@@ -169,7 +169,7 @@ def test_raw_bytes(loop: asyncio.AbstractEventLoop, raw: bytes, retained: bool) 
     """Arbitrary or damaged bytes: a rejection (or, rarely, a still-valid request), no crash."""
     case = Case({}, raw, "bytes", retained=retained, allow_unsigned=True)
     result = decide(case)
-    if len(raw) > protocol.MAX_PAYLOAD_BYTES:
+    if len(raw) > wire.MAX_PAYLOAD_BYTES:
         assert isinstance(result, Rejected) and "limit" in result.reason
     if isinstance(result, Rejected):
         check_rejection(result, case)

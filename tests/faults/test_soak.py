@@ -28,7 +28,7 @@ import pytest
 
 from agent import config as config_mod
 from agent.app import Agent
-from agent.journal import PRUNE_EVERY_S, Journal
+from agent.commands.journal import PRUNE_EVERY_S, Journal
 from tests.commands_helpers import CMD, NODE, TERMINAL, Keys, envelope
 from tests.conftest import Broker, agent_config, free_port
 from tests.paths import FAKES, MICROK8S_CLI

@@ -1,0 +1,1 @@
+"""Commands: envelope, verbs, signing, journal, intake and worker, statuses, upgrade policy."""

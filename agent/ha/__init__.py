@@ -1,0 +1,1 @@
+"""HA: dqlite membership, probes, the peers' view, quorum verdicts and failover."""

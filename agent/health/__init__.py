@@ -1,0 +1,1 @@
+"""Node health: sampling, Pi readings, the verdict, metrics, memory budget, the HTTP endpoint."""

@@ -1,0 +1,91 @@
+"""Local HTTP endpoint: the only aiohttp.web importer.
+
+Handlers read `AgentState` and do no I/O, so they answer quickly even while a command or a
+MicroK8s call hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from agent.health.metrics import Metrics
+from agent.health.state import AgentState, readiness
+from agent.logs import get_logger
+from agent.settings import Settings
+
+log = get_logger(__name__)
+
+STATE_KEY = web.AppKey("state", AgentState)
+SETTINGS_KEY = web.AppKey("settings", Settings)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    dead = request.app[STATE_KEY].tasks_alive()
+    if dead:
+        return web.json_response({"ok": False, "dead_tasks": dead}, status=503)
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    interval = request.app[SETTINGS_KEY].health.interval_s
+    reasons = readiness(state, interval_s=interval, now=time.monotonic())
+    return web.json_response(
+        {"ready": not reasons, "reasons": reasons}, status=503 if reasons else 200
+    )
+
+
+async def status(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    link = state.link()
+    body: dict[str, Any] = {
+        "node": request.app[SETTINGS_KEY].node.name,
+        "started_at": round(state.started_at, 3),
+        "connection": {
+            "connected": link.connected,
+            "session": link.session,
+            "published_total": link.published_total,
+            "reconnects_total": link.reconnects_total,
+            "outbox_size": link.outbox_size,
+            "last_error": link.last_error,
+        },
+        "health": state.last_health,
+        "ha": state.last_ha,
+        "recent_commands": list(state.recent_commands),
+        "shed_collectors": state.shed_collectors,
+    }
+    return web.json_response(body)
+
+
+def build_app(settings: Settings, state: AgentState, metrics: Metrics) -> web.Application:
+    app = web.Application()
+    app[STATE_KEY] = state
+    app[SETTINGS_KEY] = settings
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/status", status)
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    return app
+
+
+async def serve(settings: Settings, state: AgentState, metrics: Metrics) -> None:
+    """Serve until cancelled; the runner is cleaned up even on cancellation."""
+    runner = web.AppRunner(
+        build_app(settings, state, metrics),
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=1.0,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.http.bind, settings.http.port, reuse_address=True)
+        await site.start()
+        log.info("http_listening", bind=settings.http.bind, port=settings.http.port)
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.shield(runner.cleanup())

@@ -1,0 +1,133 @@
+"""Prometheus metrics: the only prometheus_client importer.
+
+Gauges are computed at scrape time from `AgentState` by a custom collector, so the health loop
+pays nothing for metrics between scrapes; only the collection-duration histogram is observed live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from agent.health.state import AgentState
+
+STATUS_VALUES = ("ok", "degraded", "critical")
+
+
+class _StateCollector(Collector):
+    def __init__(self, state: AgentState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _link_metrics(self._state)
+        health = self._state.last_health
+        if health is not None:
+            yield from _health_metrics(health)
+            yield from _agent_metrics(health.get("agent"))
+        ha = self._state.last_ha
+        if ha is not None:
+            yield from _ha_metrics(ha)
+
+
+def _gauge(name: str, doc: str, value: float | None) -> Iterator[Metric]:
+    if value is not None:
+        yield GaugeMetricFamily(name, doc, value=float(value))
+
+
+def _link_metrics(state: AgentState) -> Iterator[Metric]:
+    link = state.link()
+    yield GaugeMetricFamily(
+        "edge_agent_mqtt_connected", "1 while connected to the broker", value=int(link.connected)
+    )
+    yield GaugeMetricFamily(
+        "edge_agent_mqtt_session", "Presence session number", value=link.session
+    )
+    yield CounterMetricFamily(
+        "edge_agent_mqtt_messages_published", "Messages published", value=link.published_total
+    )
+    yield CounterMetricFamily(
+        "edge_agent_mqtt_reconnects", "Reconnections after the first", value=link.reconnects_total
+    )
+    yield GaugeMetricFamily(
+        "edge_agent_mqtt_outbox_messages", "Statuses waiting for the broker", value=link.outbox_size
+    )
+    yield CounterMetricFamily(
+        "edge_agent_health_messages", "Health samples taken", value=state.health_published_total
+    )
+
+
+def _health_metrics(health: dict[str, Any]) -> Iterator[Metric]:
+    status = GaugeMetricFamily(
+        "edge_agent_health_status", "1 for the current status", labels=["status"]
+    )
+    for value in STATUS_VALUES:
+        status.add_metric([value], int(health.get("status") == value))
+    yield status
+    system = health.get("system") or {}
+    memory = system.get("memory") or {}
+    yield from _gauge("edge_agent_cpu_percent", "CPU use of the node", system.get("cpu_percent"))
+    yield from _gauge("edge_agent_memory_percent", "Memory in use", memory.get("percent"))
+    yield from _gauge(
+        "edge_agent_temperature_celsius", "SoC temperature", system.get("temperature_c")
+    )
+    load = system.get("load") or [None]
+    yield from _gauge("edge_agent_load1", "1-minute load average", load[0])
+    disks = GaugeMetricFamily("edge_agent_disk_used_percent", "Disk use", labels=["mount"])
+    for disk in system.get("disks") or []:
+        disks.add_metric([str(disk.get("mount"))], float(disk.get("percent", 0)))
+    yield disks
+    throttled = system.get("throttled")
+    if throttled is not None:
+        yield from _gauge(
+            "edge_agent_under_voltage",
+            "1 while under-voltage",
+            int(bool(throttled.get("under_voltage"))),
+        )
+    microk8s = health.get("microk8s") or {}
+    yield from _gauge(
+        "edge_agent_microk8s_installed", "MicroK8s installed", int(bool(microk8s.get("installed")))
+    )
+    running = microk8s.get("running")
+    yield from _gauge(
+        "edge_agent_microk8s_running", "MicroK8s running", None if running is None else int(running)
+    )
+
+
+def _agent_metrics(agent: dict[str, Any] | None) -> Iterator[Metric]:
+    if not agent:
+        return
+    yield from _gauge(
+        "edge_agent_rss_bytes", "Resident memory of the agent", agent.get("rss_bytes")
+    )
+    yield from _gauge(
+        "edge_agent_cpu_seconds", "CPU time used by the agent", agent.get("cpu_seconds")
+    )
+    yield from _gauge(
+        "edge_agent_open_fds", "Open file descriptors of the agent", agent.get("open_fds")
+    )
+
+
+def _ha_metrics(ha: dict[str, Any]) -> Iterator[Metric]:
+    quorum = ha.get("quorum") or {}
+    yield from _gauge(
+        "edge_agent_ha_quorum_margin", "Voters that may still fail", quorum.get("margin")
+    )
+    yield from _gauge("edge_agent_ha_voters_reachable", "Reachable voters", quorum.get("reachable"))
+
+
+class Metrics:
+    """A private registry (no default process collectors: the agent reports its own figures)."""
+
+    def __init__(self, state: AgentState) -> None:
+        self.registry = CollectorRegistry()
+        self.collection_seconds = Histogram(
+            "edge_agent_health_collection_seconds",
+            "Time to take one health sample",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.registry.register(_StateCollector(state))

@@ -1,0 +1,178 @@
+"""The health loop: collect, evaluate, publish retained on `R/health`, update `AgentState`.
+
+Two loops share this module. `run_facts` refreshes MicroK8s facts at their own (slower) pace,
+because `microk8s status` can take seconds or hang; `run` never waits for it and always uses the
+last known facts, so a stuck MicroK8s never delays health or the HTTP endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.errors import TransportError
+from agent.health import sysinfo, verdict
+from agent.health.budget import Action, Budget
+from agent.health.metrics import Metrics
+from agent.health.state import AgentState
+from agent.link.mqtt import Link
+from agent.link.topics import Topics
+from agent.logs import get_logger
+from agent.microk8s.backends.base import Backend, ReportsKube
+from agent.microk8s.status import MicroK8sFacts
+from agent.settings import Settings
+
+log = get_logger(__name__)
+
+Collect = Callable[[Sequence[str], Path], dict[str, Any]]
+# How long the first health message may wait for the first MicroK8s facts.
+FIRST_FACTS_WAIT_S = 0.6
+FIRST_SAMPLE_DELAY_S = 0.25
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend: Backend,
+        link: Link,
+        state: AgentState,
+        metrics: Metrics,
+        collect: Collect = sysinfo.collect,
+        on_budget_restart: Callable[[str], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._link = link
+        self._state = state
+        self._metrics = metrics
+        self._collect = collect
+        self._thresholds = verdict.Thresholds.from_settings(settings.health)
+        self._health_topic = Topics(
+            settings.mqtt.prefix, settings.node.cluster, settings.node.name
+        ).health
+        self._facts: MicroK8sFacts | None = None
+        self._facts_ready = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._seq = 0
+        self._seq_session = -1
+        self.kube: dict[str, Any] = {"node_ready": None}
+        self._budget = Budget(settings.agent.max_rss_mib)
+        self._on_budget_restart = on_budget_restart
+
+    def request_publish(self) -> None:
+        """Take and publish a sample now (after a reconnect, or for a `status` command)."""
+        self._wake.set()
+
+    async def on_connect(self) -> None:
+        self.request_publish()
+
+    async def run_facts(self) -> None:
+        interval = self._settings.microk8s.status_interval_s
+        while True:
+            started = time.monotonic()
+            self._facts = await self._backend.facts()
+            if isinstance(self._backend, ReportsKube):
+                self.kube = await self._backend.kube_facts() or self.kube
+            self._facts_ready.set()
+            log.debug("microk8s_facts", duration_s=round(time.monotonic() - started, 3))
+            await asyncio.sleep(interval)
+
+    async def run(self) -> None:
+        await asyncio.to_thread(sysinfo.prime)
+        # The first CPU figure covers the time since prime(): give it a meaningful window, and
+        # give the first MicroK8s facts a chance to arrive, within the 1.5 s start-up budget.
+        await asyncio.sleep(FIRST_SAMPLE_DELAY_S)
+        try:
+            await asyncio.wait_for(self._facts_ready.wait(), FIRST_FACTS_WAIT_S)
+        except TimeoutError:
+            log.info("microk8s_facts_pending", waited_s=FIRST_FACTS_WAIT_S)
+        interval = self._settings.health.interval_s
+        next_tick = time.monotonic()
+        while True:
+            await self.sample_and_publish()
+            next_tick = max(next_tick + interval, time.monotonic())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=next_tick - time.monotonic())
+
+    async def sample_and_publish(self) -> dict[str, Any]:
+        started = time.monotonic()
+        snapshot = await self._sample()
+        duration = time.monotonic() - started
+        self._metrics.collection_seconds.observe(duration)
+        self._state.record_health(snapshot, duration, time.monotonic())
+        self._state.health_published_total += 1
+        await self._publish(snapshot)
+        self._enforce_budget(snapshot)
+        return snapshot
+
+    def _enforce_budget(self, snapshot: dict[str, Any]) -> None:
+        rss = int((snapshot.get("agent") or {}).get("rss_bytes") or 0)
+        action = self._budget.check(rss, connected=self._link.connected)
+        if action is Action.SHED:
+            gc.collect()
+            self._state.shed_collectors = list(self._budget.shed)
+            log.warning(
+                "budget_shed", collector=self._budget.shed[-1], why=self._budget.reason(rss)
+            )
+        elif action is Action.RESTART and self._on_budget_restart is not None:
+            log.error("budget_restart", why=self._budget.reason(rss))
+            self._on_budget_restart(f"restarting: {self._budget.reason(rss)}")
+
+    async def _sample(self) -> dict[str, Any]:
+        h = self._settings.health
+        disks = h.disk_paths[:1] if "extra-disks" in self._state.shed_collectors else h.disk_paths
+        system = await asyncio.to_thread(self._collect, disks, Path(h.sysfs_root))
+        agent_figures = sysinfo.process_figures()
+        facts = self._facts.to_health() if self._facts else _unknown_microk8s()
+        link = self._link
+        if link.session != self._seq_session:
+            self._seq_session, self._seq = link.session, 0
+        return verdict.build_snapshot(
+            node=self._settings.node.name,
+            cluster=self._settings.node.cluster,
+            ts=time.time(),
+            session=link.session,
+            seq=self._seq,
+            system=system,
+            microk8s=facts,
+            kube=self.kube,
+            agent=agent_figures,
+            thresholds=self._thresholds,
+        )
+
+    async def _publish(self, snapshot: dict[str, Any]) -> None:
+        if not self._link.connected:
+            return
+        try:
+            await self._link.publish(
+                self._health_topic,
+                verdict.encode(snapshot),
+                qos=self._settings.health.qos,
+                retain=True,
+            )
+            self._seq += 1
+        except TransportError as exc:
+            log.warning("health_not_published", error=str(exc))
+
+    @property
+    def facts(self) -> MicroK8sFacts | None:
+        return self._facts
+
+
+def _unknown_microk8s() -> dict[str, Any]:
+    return {
+        "installed": None,
+        "running": None,
+        "version": None,
+        "channel": None,
+        "ha": None,
+        "addons": None,
+    }

@@ -1,0 +1,1 @@
+"""The MQTT link: session, presence, topics, credentials; imports no other part."""

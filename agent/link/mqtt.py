@@ -1,0 +1,392 @@
+"""The MQTT link: the only module that imports aiomqtt/paho.
+
+It owns presence (PROTOCOL.md "Presence"): a retained `offline` last will carrying the session
+number, a retained `online` birth after every (re)connect, and a clean `offline` on shutdown. It
+reconnects forever with full-jitter exponential backoff, re-subscribes after each connect, and
+keeps an in-memory outbox so command statuses published while the broker is away are delivered
+after the reconnect. aiomqtt/paho exceptions never leave this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from agent import durable
+from agent.errors import StateError, TransportError
+from agent.link import credentials
+from agent.link.presence import backoff_delay, presence_payload
+from agent.link.topics import Topics
+from agent.logs import get_logger
+from agent.settings import MqttSettings
+
+log = get_logger(__name__)
+
+OUTBOX_LIMIT = 1000
+PROBE_INTERVAL_S = 1.0
+PROBE_TIMEOUT_S = 0.5
+RECONNECT_JITTER_S = 0.5
+# A publish that takes longer than this is treated as lost (the link is probably half-open).
+PUBLISH_TIMEOUT_S = 10.0
+# paho leaves Nagle's algorithm on: a status published right after the PUBACK of the command then
+# waits for the broker's delayed ACK (40 ms on Linux) on every request/response hop.
+NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Inbound:
+    """A received message, free of aiomqtt/paho types."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+Handler = Callable[[Inbound], None]
+ConnectHook = Callable[[], Awaitable[None]]
+
+
+@dataclasses.dataclass(slots=True)
+class _Outgoing:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    correlation_data: bytes | None
+
+
+class Link:
+    """One MQTT connection at a time, re-established forever until `stop()`."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        topics: Topics,
+        *,
+        state_dir: Path,
+        agent_version: str,
+    ) -> None:
+        self._settings = settings
+        self._topics = topics
+        self._state_dir = state_dir
+        self._version = agent_version
+        self._client: aiomqtt.Client | None = None
+        self._subscriptions: list[tuple[str, int, Handler]] = []
+        self._connect_hooks: list[ConnectHook] = []
+        self._outbox: collections.deque[_Outgoing] = collections.deque(maxlen=OUTBOX_LIMIT)
+        self._stop = asyncio.Event()
+        self._stop_reason = "shutdown"
+        self._last_session = self._load_session()
+        self.session = 0
+        self.connected = False
+        self.ever_connected = False
+        self.published_total = 0
+        self.publish_failures_total = 0
+        self.reconnects_total = 0
+        self.last_error: str | None = None
+
+    # -- registration -------------------------------------------------------------------
+
+    def subscribe(self, topic_filter: str, qos: int, handler: Handler) -> None:
+        """Register a subscription; it is (re)issued on every connect."""
+        self._subscriptions.append((topic_filter, qos, handler))
+
+    def on_connect(self, hook: ConnectHook) -> None:
+        """Run `hook` after the birth message on every connect (e.g. publish health now)."""
+        self._connect_hooks.append(hook)
+
+    # -- publishing ---------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        correlation_data: bytes | None = None,
+        queue_if_offline: bool = False,
+    ) -> bool:
+        """Publish now; returns False when offline and the message was queued for later.
+
+        Raises:
+            TransportError: offline (and not queued) or the publish failed.
+        """
+        message = _Outgoing(topic, payload, qos, retain, correlation_data)
+        client = self._client
+        if client is None or not self.connected:
+            if queue_if_offline:
+                self._outbox.append(message)
+                return False
+            raise TransportError("not connected to the broker")
+        try:
+            await self._send(client, message)
+        except TransportError:
+            if queue_if_offline:
+                self._outbox.append(message)
+                return False
+            raise
+        return True
+
+    async def _send(self, client: aiomqtt.Client, message: _Outgoing) -> None:
+        properties = None
+        if message.correlation_data is not None and self._settings.protocol == 5:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.CorrelationData = message.correlation_data
+        try:
+            await client.publish(
+                message.topic,
+                message.payload,
+                qos=message.qos,
+                retain=message.retain,
+                properties=properties,
+                timeout=PUBLISH_TIMEOUT_S,
+            )
+        except aiomqtt.MqttError as exc:
+            self.publish_failures_total += 1
+            raise TransportError(f"publish to {message.topic} failed: {exc}") from exc
+        self.published_total += 1
+
+    async def _flush_outbox(self, client: aiomqtt.Client) -> None:
+        while self._outbox:
+            await self._send(client, self._outbox[0])
+            self._outbox.popleft()
+
+    @property
+    def outbox_size(self) -> int:
+        return len(self._outbox)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def stop(self, reason: str = "shutdown") -> None:
+        """Ask `run()` to publish a clean offline (with `reason`), disconnect and return."""
+        self._stop_reason = reason
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect with backoff; returns only after `stop()`."""
+        attempt = 0
+        while not self._stop.is_set():
+            session = self._last_session + 1
+            try:
+                await self._serve(session)
+                attempt = 0
+            except aiomqtt.MqttError as exc:
+                self._note_failure(str(exc))
+            except TransportError as exc:
+                self._note_failure(str(exc))
+            finally:
+                self._client = None
+                self.connected = False
+            if self._stop.is_set():
+                break
+            delay = backoff_delay(attempt)
+            attempt += 1
+            log.info("mqtt_reconnect_scheduled", delay_s=round(delay, 2), attempt=attempt)
+            await self._backoff(delay)
+
+    async def _backoff(self, delay: float) -> None:
+        """Sleep `delay`, but end early (with a little jitter) when an unreachable broker returns.
+
+        Full-jitter backoff alone can leave a node offline for up to a minute after the broker
+        is back. A TCP probe every second is cheap (refused at once while the broker is down),
+        and the extra 0-0.5 s of jitter still spreads a fleet's reconnects.
+        """
+        deadline = asyncio.get_running_loop().time() + delay
+        if await self._broker_reachable():
+            # Reachable but the MQTT connection failed (auth, TLS, ...): plain backoff.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+            return
+        while not self._stop.is_set():
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=min(PROBE_INTERVAL_S, remaining))
+            if await self._broker_reachable():
+                log.info("mqtt_broker_back", host=self._settings.host)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._stop.wait(), timeout=random.uniform(0, RECONNECT_JITTER_S)
+                    )
+                return
+
+    async def _broker_reachable(self) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self._settings.host, self._settings.port), PROBE_TIMEOUT_S
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    def _note_failure(self, error: str) -> None:
+        if self.connected:
+            log.warning("mqtt_disconnected", error=error, session=self.session)
+        else:
+            log.warning("mqtt_connect_failed", error=error, host=self._settings.host)
+        self.last_error = error
+
+    async def _serve(self, session: int) -> None:
+        client = await self._make_client(session)
+        async with client:
+            self._mark_connected(client, session)
+            await self._after_connect(client)
+            reader = asyncio.create_task(self._read(client), name="mqtt-reader")
+            stopper = asyncio.create_task(self._stop.wait(), name="mqtt-stop")
+            try:
+                done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # Cancelled without stop(): another task crashed. aiomqtt will disconnect
+                # cleanly (so no will), hence say offline ourselves, within a bound.
+                reader.cancel()
+                stopper.cancel()
+                await self._say_goodbye(client, "agent failure", timeout_s=1.0)
+                raise
+            reader.cancel()
+            stopper.cancel()
+            if stopper in done:
+                await self._say_goodbye(client, self._stop_reason)
+            else:
+                # The reader ended: the connection is gone; re-raise what ended it.
+                await asyncio.gather(reader, return_exceptions=False)
+
+    def _mark_connected(self, client: aiomqtt.Client, session: int) -> None:
+        self._client = client
+        self.session = session
+        self._last_session = session
+        if self.ever_connected:
+            self.reconnects_total += 1
+        self.ever_connected = True
+        self.connected = True
+        self.last_error = None
+        self._persist_session(session)
+        log.info(
+            "mqtt_connected", host=self._settings.host, port=self._settings.port, session=session
+        )
+
+    async def _after_connect(self, client: aiomqtt.Client) -> None:
+        birth = presence_payload("online", self.session, self._version)
+        await self._send(client, _Outgoing(self._topics.state, birth, 1, True, None))
+        for topic_filter, qos, _ in self._subscriptions:
+            await self._subscribe(client, topic_filter, qos)
+        await self._flush_outbox(client)
+        for hook in self._connect_hooks:
+            await hook()
+
+    async def _subscribe(self, client: aiomqtt.Client, topic_filter: str, qos: int) -> None:
+        try:
+            if self._settings.protocol == 5:
+                options = SubscribeOptions(qos=qos, retainAsPublished=True)
+                await client.subscribe(topic_filter, options=options, timeout=PUBLISH_TIMEOUT_S)
+            else:
+                await client.subscribe(topic_filter, qos=qos, timeout=PUBLISH_TIMEOUT_S)
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"subscribe to {topic_filter} failed: {exc}") from exc
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            inbound = to_inbound(message)
+            for topic_filter, _, handler in self._subscriptions:
+                if message.topic.matches(topic_filter):
+                    handler(inbound)
+        raise TransportError("message stream ended")  # pragma: no cover - aiomqtt raises first
+
+    async def _say_goodbye(
+        self, client: aiomqtt.Client, reason: str, timeout_s: float = PUBLISH_TIMEOUT_S
+    ) -> None:
+        payload = presence_payload("offline", self.session, self._version, reason)
+        message = _Outgoing(self._topics.state, payload, 1, True, None)
+        try:
+            await asyncio.wait_for(self._send(client, message), timeout_s)
+            log.info("mqtt_offline_published", session=self.session, reason=reason)
+        except (TransportError, TimeoutError) as exc:
+            log.warning("mqtt_offline_not_published", error=str(exc) or type(exc).__name__)
+
+    # -- connection parameters ----------------------------------------------------------
+
+    def _load_session(self) -> int:
+        try:
+            return durable.read_session(self._state_dir)
+        except StateError as exc:
+            # Fall back to wall-clock seconds: still larger than any small persisted counter.
+            log.error("session_unreadable", error=str(exc))
+            return int(time.time())
+
+    def _persist_session(self, session: int) -> None:
+        try:
+            durable.write_session(self._state_dir, session)
+        except StateError as exc:
+            log.error("session_not_persisted", error=str(exc), session=session)
+
+    async def _make_client(self, session: int) -> aiomqtt.Client:
+        s = self._settings
+        will = aiomqtt.Will(
+            self._topics.state,
+            presence_payload("offline", session, self._version, "connection lost"),
+            qos=1,
+            retain=True,
+        )
+        protocol = aiomqtt.ProtocolVersion.V5 if s.protocol == 5 else aiomqtt.ProtocolVersion.V311
+        tls_context = await asyncio.to_thread(credentials.tls_context, s) if s.tls else None
+        return aiomqtt.Client(
+            s.host,
+            s.port,
+            identifier=f"edge-agent-{self._topics.cluster}-{self._topics.node}",
+            username=s.username or None,
+            password=await asyncio.to_thread(credentials.read_password, s),
+            protocol=protocol,
+            will=will,
+            keepalive=s.keepalive_s,
+            timeout=10,
+            tls_context=tls_context,
+            max_queued_incoming_messages=1000,
+            clean_session=True if s.protocol != 5 else None,
+            socket_options=NO_DELAY,
+        )
+
+
+def to_inbound(message: aiomqtt.Message) -> Inbound:
+    # paho hands the raw bytes through; aiomqtt's type also admits str/int/float/None.
+    payload: Any = message.payload
+    data = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+    response_topic = correlation = None
+    props = message.properties
+    if props is not None:
+        response_topic = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
+    return Inbound(
+        topic=message.topic.value,
+        payload=data,
+        qos=message.qos,
+        retain=bool(message.retain),
+        response_topic=response_topic,
+        correlation_data=correlation,
+    )
+
+
+def response_target(inbound: Inbound) -> tuple[str, bytes | None] | None:
+    """Where MQTT 5 request/response wants status copies, if anywhere."""
+    if inbound.response_topic:
+        return inbound.response_topic, inbound.correlation_data
+    return None

@@ -1,0 +1,1 @@
+"""MicroK8s: backends, status parsing, snapd, cluster agent, Kubernetes clients, processes."""

@@ -1,0 +1,1 @@
+"""The interchangeable ways to reach MicroK8s: snapd REST (strict snap) or the CLI."""

@@ -1,0 +1,153 @@
+"""A small read-only Kubernetes API client on aiohttp, with the admin kubeconfig's credentials.
+
+The periodic reads (this node, the node list, `/readyz?verbose`) happen every few seconds for the
+life of the agent; kubernetes_asyncio would cost ~38 MiB of resident memory for three GETs, so
+it is only ever loaded by the short-lived drain helper (`agent.microk8s.drain`). aiohttp's
+exceptions stop here and become KubeApiError.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agent.errors import BackendError
+from agent.microk8s.kube_model import Kubeconfig, KubeconfigError, parse_kubeconfig
+
+DEFAULT_TIMEOUT_S = 5.0
+
+
+class KubeApiError(BackendError):
+    """The API server could not be reached or answered with an error status."""
+
+    def __init__(self, message: str, *, status: int | None = None, kind: str = "") -> None:
+        super().__init__(message, kind=kind)
+        self.status = status
+
+
+def load_kubeconfig(path: Path) -> Kubeconfig:
+    """Read and parse a kubeconfig file.
+
+    Raises:
+        KubeApiError: the file is missing or unreadable (kind "kubeconfig").
+    """
+    try:
+        return parse_kubeconfig(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise KubeApiError(f"cannot read {path}: {exc.strerror or exc}", kind="kubeconfig") from exc
+    except KubeconfigError as exc:
+        raise KubeApiError(f"{path}: {exc}", kind="kubeconfig") from exc
+
+
+def ssl_context(config: Kubeconfig) -> ssl.SSLContext:
+    """Trust the kubeconfig's CA (not the system's) and present its client certificate.
+
+    ssl can only load a certificate chain from files, so the client key is written to a
+    private temporary directory for the duration of the call.
+    """
+    if config.insecure:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif config.ca_pem:
+        context = ssl.create_default_context(cadata=config.ca_pem)
+    else:
+        context = ssl.create_default_context()
+    if config.cert_pem and config.key_pem:
+        with tempfile.TemporaryDirectory(prefix="edge-agent-kube-") as folder:
+            cert, key = Path(folder) / "client.crt", Path(folder) / "client.key"
+            for path, text in ((cert, config.cert_pem), (key, config.key_pem)):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w", encoding="ascii") as handle:
+                    handle.write(text)
+            context.load_cert_chain(cert, key)
+    return context
+
+
+class KubeApi:
+    """GETs against one API server; a short-lived HTTP session per call."""
+
+    def __init__(self, config: Kubeconfig, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        """Raises:
+        KubeApiError: the kubeconfig's certificates cannot be loaded (kind "kubeconfig").
+        """
+        self.server = config.server
+        try:
+            self._ssl = ssl_context(config)
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            raise KubeApiError(f"bad kubeconfig certificates: {exc}", kind="kubeconfig") from exc
+        self._headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def node(self, name: str) -> dict[str, Any] | None:
+        """`GET /api/v1/nodes/{name}`; None when there is no such node."""
+        status, body = await self._get(f"/api/v1/nodes/{name}", allow=(404,))
+        return None if status == 404 else _object(body)
+
+    async def nodes(self) -> dict[str, Any]:
+        """`GET /api/v1/nodes` (a NodeList)."""
+        _, body = await self._get("/api/v1/nodes")
+        return _object(body)
+
+    async def readyz(self) -> tuple[int, str]:
+        """`GET /readyz?verbose`: (HTTP status, text); 500 lists the failed checks too."""
+        return await self._get("/readyz?verbose", allow=(500,), text=True)
+
+    async def _get(
+        self, path: str, *, allow: tuple[int, ...] = (), text: bool = False
+    ) -> tuple[int, Any]:
+        url = f"{self.server}{path}"
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=self._timeout, headers=self._headers) as session,
+                session.get(url, ssl=self._ssl) as response,
+            ):
+                status = response.status
+                if status >= 400 and status not in allow:
+                    reason = (await response.text())[:200]
+                    raise KubeApiError(f"GET {path}: HTTP {status} {reason}", status=status)
+                body = await response.text() if text else await response.json(content_type=None)
+                return status, body
+        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
+            why = str(exc) or type(exc).__name__
+            raise KubeApiError(
+                f"Kubernetes API at {self.server} unreachable: {why}", kind="unreachable"
+            ) from exc
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise KubeApiError("the Kubernetes API answered something that is not an object")
+    return body
+
+
+class KubeconfigWatch:
+    """The API client for a kubeconfig file, rebuilt when the file changes (a join replaces
+    the CA and the credentials; the content interface may be connected after start)."""
+
+    def __init__(self, path: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.path = path
+        self._timeout_s = timeout_s
+        self._cached: tuple[tuple[int, int], KubeApi] | None = None
+
+    def get(self) -> KubeApi:
+        """Raises:
+        KubeApiError: no readable, usable kubeconfig (kind "kubeconfig").
+        """
+        try:
+            stat = self.path.stat()
+        except OSError as exc:
+            raise KubeApiError(
+                f"no kubeconfig at {self.path} ({exc.strerror}): is the microk8s content "
+                "interface connected?",
+                kind="kubeconfig",
+            ) from exc
+        key = (stat.st_mtime_ns, stat.st_size)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, KubeApi(load_kubeconfig(self.path), timeout_s=self._timeout_s))
+        return self._cached[1]

@@ -1,0 +1,1 @@
+"""The operator's side: keygen, send, nodes (and the fleet tools)."""

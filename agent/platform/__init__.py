@@ -1,0 +1,1 @@
+"""Where the agent runs: the snap's configure hook and paths, systemd's notify protocol."""
