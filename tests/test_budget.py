@@ -62,6 +62,4 @@ async def test_agent_over_budget_restarts_itself_cleanly(
         assert again["session"] == birth["session"] + 1
         shed = [line for line in agent.log_lines() if line.get("event") == "budget_shed"]
         assert [line["collector"] for line in shed][:3] == list(OPTIONAL_COLLECTORS)
-        assert (
-            agent.process is not None and agent.process.poll() is None
-        )  # re-executed in place
+        assert agent.process is not None and agent.process.poll() is None  # re-executed in place

@@ -152,7 +152,7 @@ async def test_membership_falls_back_to_microk8s_status(
     # test's loopback members; .14 becomes an address where nothing listens.
     fixtures = tmp_path / "microk8s-cli"
     shutil.copytree(MICROK8S_CLI, fixtures)
-    moved = {f"10.0.0.{11 + i}:": f"{m.host}:" for i, m in enumerate(members)}
+    moved = {f"127.0.0.{11 + i}:": f"{m.host}:" for i, m in enumerate(members)}
     moved["127.0.0.14:"] = f"{members[0].host.rpartition('.')[0]}.9:"
     status = (fixtures / "status-ha.yaml").read_text()
     for old, new in moved.items():

@@ -29,7 +29,7 @@ from tests.paths import FIXTURES, REPO
 SNAPCRAFT = REPO / "snap" / "snapcraft.yaml"
 REQUIREMENTS = REPO / "snap" / "requirements.txt"
 UNIT = REPO / "systemd" / "edge-agent.service"
-SCHEMA = FIXTURES.parent / "schemas" / "snapcraft.json"
+SCHEMA = FIXTURES / "schemas" / "snapcraft.json"
 SCORE_LIMIT = 2.0
 # snap.yaml keys an app or hook carries over from snapcraft.yaml unchanged.
 APP_KEYS = (

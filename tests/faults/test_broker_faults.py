@@ -24,9 +24,7 @@ async def test_broker_killed_and_restarted(tmp_path: Path, broker: Broker, spawn
     broker.kill()
     # Down long enough for the backoff to grow past the probe interval.
     await asyncio.sleep(8)
-    assert agent.process is not None and agent.process.poll() is None, (
-        "agent died with the broker"
-    )
+    assert agent.process is not None and agent.process.poll() is None, "agent died with the broker"
     broker.start()
     returned = time.monotonic()
     async with watch(broker, HEALTH, STATE) as w:
