@@ -1,7 +1,7 @@
 """Where tests find the fixtures and the fake executables.
 
 The fixtures are the project's own copy of the recorded formats (`tests/fixtures`), found from
-this file rather than from the working directory; nothing in the project reads `../shared`.
+this file rather than from the working directory; nothing reads the shared folder beside it.
 """
 
 from __future__ import annotations

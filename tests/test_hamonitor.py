@@ -70,7 +70,7 @@ def settings_for(
         broker,
         node={"name": "pi-01"},
         http_port=http_port,
-        ha={"enabled": True, "interval_s": 0.3, "probe_timeout_s": 0.5},
+        ha={"enabled": True, "interval_s": 0.3, "probe_timeout_s": 2.0},
         microk8s={
             "backend": "cli",
             "cli": str(FAKES / "microk8s"),

@@ -52,7 +52,13 @@ async def test_second_signal_forces_exit(tmp_path: Path, spawn_agent) -> None:
     try:
         config = agent_config(tmp_path, fake, http_port=free_port())
         agent = spawn_agent(config)
-        await asyncio.sleep(1.5)
+        # The handlers are installed before the backend is chosen; a loaded machine can take
+        # longer than any fixed sleep to get there.
+        for _ in range(300):
+            if any(line.get("event") == "backend_selected" for line in agent.log_lines()):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
         agent.signal(signal.SIGTERM)
         await asyncio.sleep(0.3)
         started = time.monotonic()

@@ -3,7 +3,7 @@
 # client certificate per node (CN = node name) and one per operator (CN = operator.<name>).
 #
 #   make-certs.sh DIR BROKER_NAME [NODE...] [--operator NAME...]
-#   make-certs.sh ./pki broker.lan pi-01 pi-02 pi-03 --operator admin
+#   make-certs.sh ./pki 127.0.0.1 pi-01 pi-02 pi-03 --operator admin
 #
 # BROKER_NAME goes into the server certificate (DNS name, or an IPv4 address); localhost and
 # 127.0.0.1 are always added. Existing keys and certificates are kept, so the script can be run
