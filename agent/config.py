@@ -145,6 +145,11 @@ def _read_section(
     return values
 
 
+def read_section(name: str, raw: Any, problems: list[str]) -> dict[str, Any]:
+    """One table of the agent schema (e.g. `mqtt`), typed; the operator config reuses it."""
+    return _read_section(name, raw, problems, _file_where)
+
+
 def _from_mapping(
     data: Mapping[str, Any],
     problems: list[str],
@@ -293,5 +298,6 @@ __all__ = [
     "field_kind",
     "load",
     "parse",
+    "read_section",
     "to_toml",
 ]

@@ -58,6 +58,11 @@ def _validate_mqtt(m: MqttSettings, problems: list[str]) -> None:
             problems.append(f"mqtt.{key}: {value!r} is not a readable file")
 
 
+def validate_mqtt(m: MqttSettings, problems: list[str]) -> None:
+    """The `[mqtt]` rules alone; the operator config (agent.operator.settings) reuses them."""
+    _validate_mqtt(m, problems)
+
+
 def _validate_health(h: HealthSettings, problems: list[str]) -> None:
     _check_range(problems, "health.interval_s", h.interval_s, 0.05, 86400)
     _check_choice(problems, "health.qos", h.qos, (0, 1))

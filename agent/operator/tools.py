@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.commands import signing, wire
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 from agent.link import mqtt, operator_client
 from agent.link.topics import Topics
+from agent.operator import settings as opsettings
 from agent.settings import MqttSettings
 
 EXIT_OK = 0
@@ -217,6 +218,11 @@ def add_commands(sub: Subparsers) -> None:
     _add_connection(nodes)
     nodes.add_argument("--wait", type=float, default=1.0, help="seconds to collect (1)")
     nodes.set_defaults(func=cmd_nodes)
+    show = sub.add_parser(
+        "operator-config", help="print the effective operator configuration; exit 0 or 2"
+    )
+    opsettings.add_options(show)
+    show.set_defaults(func=cmd_operator_config)
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -231,6 +237,16 @@ def cmd_keygen(ns: argparse.Namespace) -> int:
     print(f"private key: {private} (keep it secret; mode 0600)")
     print(f"public key:  {public}")
     print(f"On every node, add {public.name} to commands.trusted_keys (key id {ns.name!r}).")
+    return 0
+
+
+def cmd_operator_config(ns: argparse.Namespace) -> int:
+    try:
+        effective = opsettings.resolve(ns)
+    except ConfigError as exc:
+        print(f"edge-agent operator-config: {exc}", file=sys.stderr)
+        return 2
+    print(opsettings.as_toml(effective), end="")
     return 0
 
 
