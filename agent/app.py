@@ -8,8 +8,10 @@ stop-watcher publishes a clean offline and ends the group. A second signal force
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 from agent import __version__
 from agent.commands import dispatch
 from agent.commands.executor import Executor
+from agent.errors import ConfigError
 from agent.ha.monitor import HaMonitor, kube_sources
 from agent.health import endpoint
 from agent.health.metrics import Metrics
@@ -84,6 +87,8 @@ class Agent:
 
     async def run(self) -> None:
         """Run until `stop_requested` is set; raises on a task failure."""
+        if self.settings.http.enabled:
+            check_http_port(self.settings.http.bind, self.settings.http.port)
         backend = await select.choose(self.settings.microk8s, node=self.settings.node.name)
         log.info("backend_selected", backend=backend.name, node=self.settings.node.name)
         monitor = HealthMonitor(
@@ -178,6 +183,26 @@ class Agent:
         raise GracefulExit
 
 
+def check_http_port(bind: str, port: int) -> None:
+    """Fail before anything starts when the endpoint's port is taken: one line, no traceback.
+
+    Raises:
+        ConfigError: naming `http.port` (the CLI prints it on one line and exits 2).
+    """
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As TCPSite(reuse_address=True): a port in TIME_WAIT is free, a listening one is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((bind, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return  # anything else is the endpoint's to report when it starts
+            raise ConfigError(
+                [f"http.port: {bind}:{port} is already in use; choose another http.port"]
+            ) from exc
+
+
 async def _eternal(name: str, coro: Awaitable[None], agent: Agent) -> None:
     await coro
     if name == "mqtt-link" and agent.stop_requested.is_set():
@@ -195,7 +220,9 @@ def install_signal_handlers(agent: Agent) -> None:
         log.info("signal_received", signal=signal.Signals(signum).name)
         agent.stop_requested.set()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP (a closed terminal, `systemctl kill -s HUP`) is a clean stop too: never a silent
+    # death without the retained `offline`.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, on_signal, signum)
 
 

@@ -1,7 +1,8 @@
 """Command line: argv and environment -> settings -> logging -> run; outcomes -> exit codes.
 
-Exit codes: 0 clean stop, 1 crash (the service manager restarts us), 2 bad configuration,
-3 start-up failure.
+Agent exit codes: 0 clean stop, 1 crash (the service manager restarts us), 2 bad configuration
+or usage (also a busy http.port, and a bare `edge-agent`, which prints help), 3 start-up failure.
+The operator commands have their own codes: agent.operator.exits.
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         restart_reason = asyncio.run(app.main(settings))
     except KeyboardInterrupt:
         return EXIT_OK
+    except ConfigError as exc:
+        # Found at start-up (e.g. a busy http.port): one line each, as check-config would.
+        for problem in exc.problems:
+            print(f"edge-agent: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     except AgentError as exc:
         log.error("startup_failed", error=str(exc))
         return EXIT_STARTUP
@@ -94,10 +100,18 @@ def build_parser(
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the agent (default)")
+    run = sub.add_parser("run", help="run the agent")
     _add_config_arg(run)
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    run.add_argument("--log-format", choices=["auto", "json", "console"])
+    run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="override log.level of the configuration",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        help="override log.format (auto: console on a terminal, else JSON)",
+    )
     run.add_argument(
         "--private-broker",
         action="store_true",
@@ -127,9 +141,12 @@ def _extra_commands() -> list[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse and dispatch. A bare `edge-agent` prints help (exit 2): starting a daemon, and
+    creating its state directory, takes an explicit `edge-agent run`."""
     parser = build_parser(_extra_commands())
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["run", *(argv if argv is not None else sys.argv[1:])])
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
     func: Command = args.func
     return func(args)

@@ -20,26 +20,51 @@ STATE = "microk8s/lab/nodes/test-node/state"
 async def test_crashed_task_exits_nonzero_with_reason(
     tmp_path: Path, broker: Broker, spawn_agent
 ) -> None:
-    # The HTTP port is taken, so the endpoint task dies at start: a real crash of a root task.
+    # The endpoint cannot bind an address this host does not have (TEST-NET-1; nothing is
+    # dialled), so its task dies at start: a real crash of a root task.
+    config = agent_config(tmp_path, broker, http={"bind": "192.0.2.1", "port": free_port()})
+    async with watch(broker, STATE) as w:
+        agent = spawn_agent(config)
+        code = await asyncio.to_thread(agent.wait, 40)
+        assert code == 1
+        crashed = [line for line in agent.log_lines() if line.get("event") == "agent_crashed"]
+        assert crashed, agent.log_path.read_text()
+        assert "cannot assign requested address" in crashed[0]["error"].lower()
+        # Whatever the broker last saw for this node, it is not a stale "online".
+        await asyncio.sleep(0.5)
+        states = [p for t, p, _ in w.messages if t == STATE]
+        assert not states or states[-1]["state"] == "offline"
+
+
+async def test_busy_http_port_is_one_line_and_exit_2(
+    tmp_path: Path, broker: Broker, spawn_agent
+) -> None:
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
     port = blocker.getsockname()[1]
     try:
-        config = agent_config(tmp_path, broker, http_port=port)
-        async with watch(broker, STATE) as w:
-            agent = spawn_agent(config)
-            code = await asyncio.to_thread(agent.wait, 40)
-            assert code == 1
-            crashed = [line for line in agent.log_lines() if line.get("event") == "agent_crashed"]
-            assert crashed, agent.log_path.read_text()
-            assert "address already in use" in crashed[0]["error"].lower()
-            # Whatever the broker last saw for this node, it is not a stale "online".
-            await asyncio.sleep(0.5)
-            states = [p for t, p, _ in w.messages if t == STATE]
-            assert not states or states[-1]["state"] == "offline"
+        agent = spawn_agent(agent_config(tmp_path, broker, http_port=port))
+        assert await asyncio.to_thread(agent.wait, 40) == 2
+        output = agent.log_path.read_text().strip().splitlines()
+        assert output == [
+            f"edge-agent: http.port: 127.0.0.1:{port} is already in use; choose another http.port"
+        ]
     finally:
         blocker.close()
+
+
+async def test_sighup_is_a_clean_stop(tmp_path: Path, broker: Broker, spawn_agent) -> None:
+    config = agent_config(tmp_path, broker)
+    async with watch(broker, STATE) as w:
+        agent = spawn_agent(config)
+        await w.wait_for(lambda t, p: t == STATE and p["state"] == "online", timeout_s=30)
+        agent.signal(signal.SIGHUP)
+        assert await asyncio.to_thread(agent.wait, 30) == 0
+        await w.wait_for(
+            lambda t, p: t == STATE and p["state"] == "offline" and p["reason"] == "shutdown",
+            timeout_s=10,
+        )
 
 
 async def test_second_signal_forces_exit(tmp_path: Path, spawn_agent) -> None:

@@ -1,9 +1,10 @@
 """Operator commands, so that a person never hand-writes (or hand-signs) JSON.
 
-`edge-agent keygen NAME` makes an Ed25519 key pair; `edge-agent send … NODE VERB …` builds, signs
-and publishes a command, then prints each status as it arrives (exit 0 succeeded, 1 failed or
-timed out, 2 rejected, 3 no answer); `edge-agent nodes` lists the nodes from their retained
-state and health. MQTT goes through agent.link.operator_client, a short-lived client.
+`edge-agent keygen NAME` makes an Ed25519 key pair; `edge-agent send NODE VERB …` checks the node's
+retained presence (about 2 s to fail on a wrong name or cluster), builds, signs and publishes a
+command, then prints each status as it arrives; `edge-agent nodes` lists the nodes from their
+retained presence, health and HA. Exit codes: agent.operator.exits. Broker, cluster and key come
+from the operator configuration (agent.operator.settings); MQTT from agent.operator.session.
 """
 
 from __future__ import annotations
@@ -19,17 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.commands import signing, wire
+from agent.config_rules import NAME_RE
 from agent.errors import AgentError, ConfigError
 from agent.link import mqtt, operator_client
 from agent.link.topics import Topics
+from agent.operator import exits, session
 from agent.operator import settings as opsettings
-from agent.settings import MqttSettings
+from agent.operator.roster import Roster, age_text, nodes_of, offline_message
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_REJECTED = 2
-EXIT_NO_ANSWER = 3
-EXIT_CODES = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "timed_out": EXIT_FAILED}
+EXIT_CODES = {"succeeded": exits.OK, "failed": exits.FAILED, "timed_out": exits.FAILED}
 TERMINAL = frozenset({"succeeded", "failed", "timed_out", "rejected"})
 
 if TYPE_CHECKING:
@@ -94,37 +93,37 @@ def _describe_result(result: Mapping[str, Any]) -> str:
 
 
 def exit_code(status: str) -> int:
-    return EXIT_CODES.get(status, EXIT_REJECTED)
+    return EXIT_CODES.get(status, exits.REJECTED)
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.0f}h ago"
+def node_rows(roster: Roster, now: float) -> list[list[str]]:
+    """Table rows: node, presence, health (STALE with its age once offline), version, temp, seen.
 
-
-def node_rows(
-    states: Mapping[str, Mapping[str, Any]], healths: Mapping[str, Mapping[str, Any]], now: float
-) -> list[list[str]]:
-    """Table rows: node, presence, health status, MicroK8s version, temperature, last seen."""
-    rows = [["NODE", "STATE", "STATUS", "VERSION", "TEMP", "LAST SEEN"]]
-    for node in sorted(set(states) | set(healths)):
-        state, health = states.get(node, {}), healths.get(node, {})
-        temp = (health.get("system") or {}).get("temperature_c")
-        version = (health.get("microk8s") or {}).get("version")
-        stamps = [t for t in (state.get("ts"), health.get("ts")) if isinstance(t, int | float)]
+    Sparkplug's rule: after a node's death its last values are stale; the age is the time since
+    the health was produced, so an operator sees how old the figures are.
+    """
+    rows = [["NODE", "PRESENCE", "HEALTH", "ROLE", "VERSION", "TEMP", "LAST SEEN"]]
+    for view in nodes_of(roster.nodes):
+        status = view.health_status or "-"
+        health_ts = view.stamp("health")
+        if view.health is not None and not view.online:
+            age = age_text(now - health_ts) if health_ts is not None else "?"
+            status = f"STALE {status} ({age} old)"
+        temp = ((view.health or {}).get("system") or {}).get("temperature_c")
+        stamps = [t for t in (view.stamp("state"), health_ts) if t is not None]
+        presence = view.presence
+        since = view.offline_since()
+        if since is not None:
+            presence = f"offline {age_text(now - since)}"
         rows.append(
             [
-                node,
-                str(state.get("state", "unknown")),
-                str(health.get("status", "-")),
-                str(version or "-"),
+                view.name,
+                presence,
+                status,
+                view.role or "-",
+                str(view.microk8s("version") or "-"),
                 "-" if not _is_number(temp) else f"{temp:.1f} C",
-                _age(now - max(stamps) if stamps else None),
+                f"{age_text(now - max(stamps))} ago" if stamps else "-",
             ]
         )
     return rows
@@ -145,78 +144,87 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
 # -- argument parsing -----------------------------------------------------------------------
 
 
-def _broker(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        return value, 1883
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"bad port in {value!r}")
-    return host, int(port)
+def node_name(value: str) -> str:
+    """A target as argparse type: a node name, never a topic filter (`pi-01/#`)."""
+    if not NAME_RE.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a node name (lowercase letters, digits and '-', 1-63 characters;"
+            " no '/', '+' or '#')"
+        )
+    return value
 
 
-def _add_connection(parser: argparse.ArgumentParser) -> None:
+def _add_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--broker", type=_broker, default=("127.0.0.1", 1883), metavar="HOST[:PORT]"
+        "--json",
+        action="store_const",
+        const=True,
+        default=argparse.SUPPRESS,
+        help="print the raw JSON payloads instead of one line each",
     )
-    parser.add_argument("--cluster", default="default")
-    parser.add_argument("--prefix", default="microk8s")
-    parser.add_argument("--username", default="")
-    parser.add_argument("--password-file", default="")
-    parser.add_argument("--tls", action="store_true")
-    parser.add_argument("--ca-file", default="")
-    parser.add_argument("--cert-file", default="")
-    parser.add_argument("--key-file", default="", help="TLS client key (not the signing key)")
-    parser.add_argument("--json", action="store_true", help="print raw JSON payloads")
 
 
-def _mqtt(ns: argparse.Namespace) -> MqttSettings:
-    host, port = ns.broker
-    tls = ns.tls or bool(ns.ca_file or ns.cert_file)
-    return MqttSettings(
-        host=host,
-        port=port,
-        prefix=ns.prefix,
-        username=ns.username,
-        password_file=ns.password_file,
-        tls=tls,
-        ca_file=ns.ca_file,
-        cert_file=ns.cert_file,
-        key_file=ns.key_file,
+def _add_send_options(parser: argparse.ArgumentParser) -> None:
+    """Everything `send` accepts, on the send parser and again on each verb (options anywhere)."""
+    opsettings.add_options(parser)
+    _add_output(parser)
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="S",
+        help="seconds to wait for the terminal status (default 120)",
     )
 
 
 def _add_send(sub: Subparsers) -> None:
-    send = sub.add_parser("send", help="sign and send a command to a node; follow its status")
-    _add_connection(send)
-    send.add_argument("--key", type=Path, help="operator private key NAME.key (key id = NAME)")
-    send.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (120)")
-    send.add_argument("node")
+    send = sub.add_parser(
+        "send",
+        help="sign and send a command to a node; follow its status",
+        description="Exit codes: 0 succeeded, 1 failed or timed out, 2 usage, 3 no answer"
+        " (unknown or offline node, no status in time), 4 rejected, 5 local error.",
+    )
+    _add_send_options(send)
+    send.add_argument("node", type=node_name, help="the target node's name")
     verbs = send.add_subparsers(dest="verb", metavar="VERB", required=True)
     addon = verbs.add_parser("addon", help="addon enable|disable NAME [ARGS...]")
-    addon.add_argument("action", choices=["enable", "disable"])
-    addon.add_argument("name")
-    addon.add_argument("addon_args", nargs="*", metavar="ARGS")
+    addon.add_argument("action", choices=["enable", "disable"], help="enable or disable")
+    addon.add_argument("name", help="addon name, e.g. dns or community/argocd")
+    addon.add_argument("addon_args", nargs="*", metavar="ARGS", help="addon arguments")
     join = verbs.add_parser("join", help="join URL [--worker]")
-    join.add_argument("url")
-    join.add_argument("--worker", action="store_true")
+    join.add_argument("url", help="IPv4:PORT/TOKEN[/FINGERPRINT] from microk8s add-node")
+    join.add_argument("--worker", action="store_true", help="join as a worker node")
     upgrade = verbs.add_parser("upgrade", help="upgrade CHANNEL [--no-drain] [--force]")
-    upgrade.add_argument("channel")
-    upgrade.add_argument("--no-drain", action="store_true")
-    upgrade.add_argument("--force", action="store_true")
-    verbs.add_parser("status", help="the node's current health and HA report")
+    upgrade.add_argument("channel", help="snap channel, e.g. 1.33/stable")
+    upgrade.add_argument("--no-drain", action="store_true", help="do not cordon and drain first")
+    upgrade.add_argument("--force", action="store_true", help="allow a skip or a downgrade")
+    status = verbs.add_parser("status", help="the node's current health and HA report")
+    for verb in (addon, join, upgrade, status):
+        _add_send_options(verb)
     send.set_defaults(func=cmd_send)
 
 
 def add_commands(sub: Subparsers) -> None:
-    """Register keygen, send and nodes on the main parser (cli._extra_commands)."""
+    """Register keygen, send, nodes and operator-config on the main parser."""
     keygen = sub.add_parser("keygen", help="make an operator key pair NAME.key / NAME.pub")
-    keygen.add_argument("name")
-    keygen.add_argument("--dir", type=Path, default=Path())
+    keygen.add_argument("name", help="key id; the files are NAME.key and NAME.pub")
+    keygen.add_argument("--dir", type=Path, default=Path(), help="where to write (default .)")
     keygen.set_defaults(func=cmd_keygen)
     _add_send(sub)
-    nodes = sub.add_parser("nodes", help="list the nodes of a cluster from retained messages")
-    _add_connection(nodes)
-    nodes.add_argument("--wait", type=float, default=1.0, help="seconds to collect (1)")
+    nodes = sub.add_parser(
+        "nodes",
+        help="list the nodes of a cluster from retained messages",
+        description="Exit codes: 0 listed, 2 usage, 3 no nodes in the cluster, 5 local error.",
+    )
+    opsettings.add_options(nodes)
+    _add_output(nodes)
+    nodes.add_argument(
+        "--wait",
+        type=float,
+        default=session.ROSTER_WAIT_S,
+        metavar="S",
+        help=f"seconds to collect retained messages (default {session.ROSTER_WAIT_S:g})",
+    )
     nodes.set_defaults(func=cmd_nodes)
     show = sub.add_parser(
         "operator-config", help="print the effective operator configuration; exit 0 or 2"
@@ -233,69 +241,102 @@ def cmd_keygen(ns: argparse.Namespace) -> int:
         private, public = signing.generate(ns.name, ns.dir)
     except signing.SigningError as exc:
         print(f"edge-agent keygen: {exc}", file=sys.stderr)
-        return 1
+        return exits.LOCAL
     print(f"private key: {private} (keep it secret; mode 0600)")
     print(f"public key:  {public}")
     print(f"On every node, add {public.name} to commands.trusted_keys (key id {ns.name!r}).")
-    return 0
+    print(f"Sign with it: --signing-key {private}, or signing_key in operator.toml.")
+    return exits.OK
+
+
+def load_settings(ns: argparse.Namespace, command: str) -> opsettings.OperatorSettings | None:
+    """The operator settings, or None after printing every problem (the caller exits 2)."""
+    try:
+        return opsettings.resolve(ns)
+    except ConfigError as exc:
+        print(f"edge-agent {command}: {exc}", file=sys.stderr)
+        return None
 
 
 def cmd_operator_config(ns: argparse.Namespace) -> int:
-    try:
-        effective = opsettings.resolve(ns)
-    except ConfigError as exc:
-        print(f"edge-agent operator-config: {exc}", file=sys.stderr)
-        return 2
+    effective = load_settings(ns, "operator-config")
+    if effective is None:
+        return exits.USAGE
     print(opsettings.as_toml(effective), end="")
-    return 0
+    return exits.OK
 
 
 def cmd_send(ns: argparse.Namespace) -> int:
+    effective = load_settings(ns, "send")
+    if effective is None:
+        return exits.USAGE
     try:
-        return asyncio.run(_send(ns))
+        envelope = _envelope(ns, effective)
+        return asyncio.run(_send(ns, effective, envelope))
     except AgentError as exc:
         print(f"edge-agent send: {exc}", file=sys.stderr)
-        return EXIT_NO_ANSWER
+        return exits.LOCAL
 
 
 def cmd_nodes(ns: argparse.Namespace) -> int:
+    effective = load_settings(ns, "nodes")
+    if effective is None:
+        return exits.USAGE
     try:
-        return asyncio.run(_nodes(ns))
+        return asyncio.run(_nodes(ns, effective))
     except AgentError as exc:
         print(f"edge-agent nodes: {exc}", file=sys.stderr)
-        return 1
+        return exits.LOCAL
 
 
-def _envelope(ns: argparse.Namespace) -> dict[str, Any]:
+def _envelope(ns: argparse.Namespace, effective: opsettings.OperatorSettings) -> dict[str, Any]:
     envelope = build_envelope(ns.node, ns.verb, verb_args(ns), time.time())
-    if ns.key is not None:
-        envelope = signing.Signer.from_file(ns.key).sign(envelope)
+    if effective.signing_key:
+        envelope = signing.Signer.from_file(Path(effective.signing_key)).sign(envelope)
     return envelope
 
 
-async def _send(ns: argparse.Namespace) -> int:
-    envelope = _envelope(ns)
-    topics = Topics(ns.prefix, ns.cluster, ns.node)
+def preflight(roster: Roster, node: str, now: float) -> str | None:
+    """Why a command to `node` would get no answer (unknown or offline), else None."""
+    view = roster.nodes.get(node)
+    if view is None or view.state is None:
+        return roster.unknown_node_message(node)
+    if not view.online:
+        return offline_message(view, roster.cluster, now)
+    return None
+
+
+async def _send(
+    ns: argparse.Namespace, effective: opsettings.OperatorSettings, envelope: dict[str, Any]
+) -> int:
+    topics = Topics(effective.mqtt.prefix, effective.cluster, ns.node)
     reply = f"{topics.root}/reply/{secrets.token_hex(8)}"
     correlation = secrets.token_bytes(16)
-    client_id = f"edge-agent-operator-{secrets.token_hex(4)}"
-    async with operator_client.operator_client(_mqtt(ns), client_id) as client:
+    timeout = getattr(ns, "timeout", 120.0)
+    async with session.connect(effective) as client:
+        roster = Roster(effective.mqtt.prefix, effective.cluster)
+
+        def target_seen(r: Roster) -> bool:
+            return ns.node in r.nodes and r.nodes[ns.node].state is not None
+
+        await session.read_roster(client, roster, until=target_seen)
+        why = preflight(roster, ns.node, time.time())
+        if why is not None:
+            print(f"edge-agent send: {why}", file=sys.stderr)
+            return exits.NO_ANSWER
         await client.subscribe(reply)
         await client.subscribe(topics.cmd_status(envelope["id"]))
         await client.publish(
-            topics.cmd,
-            wire.encode(envelope),
-            response_topic=reply,
-            correlation_data=correlation,
+            topics.cmd, wire.encode(envelope), response_topic=reply, correlation_data=correlation
         )
-        follower = _Follower(envelope["id"], reply, correlation, as_json=ns.json)
+        follower = _Follower(envelope["id"], reply, correlation, as_json=getattr(ns, "json", False))
         try:
-            async with asyncio.timeout(ns.timeout):
+            async with asyncio.timeout(timeout):
                 return await follower.follow(client)
         except TimeoutError:
             what = "no terminal status" if follower.seen else "no answer"
-            print(f"edge-agent send: {what} within {ns.timeout:g} s", file=sys.stderr)
-            return EXIT_NO_ANSWER
+            print(f"edge-agent send: {what} within {timeout:g} s", file=sys.stderr)
+            return exits.NO_ANSWER
 
 
 class _Follower:
@@ -320,10 +361,12 @@ class _Follower:
             print(text, flush=True)
             if status.get("status") in TERMINAL:
                 return exit_code(str(status["status"]))
-        return EXIT_NO_ANSWER  # pragma: no cover - the stream only ends by raising
+        return exits.NO_ANSWER  # pragma: no cover - the stream only ends by raising
 
     def _status(self, inbound: mqtt.Inbound) -> dict[str, Any] | None:
         if inbound.topic == self._reply and inbound.correlation_data != self._correlation:
+            return None
+        if inbound.topic != self._reply and not inbound.topic.endswith(f"/cmd/{self._id}"):
             return None
         try:
             status = json.loads(inbound.payload)
@@ -339,37 +382,21 @@ class _Follower:
         return status
 
 
-async def _nodes(ns: argparse.Namespace) -> int:
-    base = f"{ns.prefix}/{ns.cluster}/nodes"
-    states: dict[str, dict[str, Any]] = {}
-    healths: dict[str, dict[str, Any]] = {}
-    client_id = f"edge-agent-operator-{secrets.token_hex(4)}"
-    async with operator_client.operator_client(_mqtt(ns), client_id) as client:
-        await client.subscribe(f"{base}/+/state")
-        await client.subscribe(f"{base}/+/health")
-        try:
-            async with asyncio.timeout(ns.wait):
-                async for inbound in client.messages():
-                    _collect(inbound, base, states, healths)
-        except TimeoutError:
-            pass
-    if ns.json:
-        print(json.dumps({"state": states, "health": healths}, indent=2))
+async def _nodes(ns: argparse.Namespace, effective: opsettings.OperatorSettings) -> int:
+    roster = Roster(effective.mqtt.prefix, effective.cluster)
+    async with session.connect(effective) as client:
+        await session.read_roster(client, roster, ns.wait)
+    if not roster.nodes:
+        print(
+            f"edge-agent nodes: no nodes in cluster {effective.cluster!r}"
+            f" ({roster.no_nodes_hint()})",
+            file=sys.stderr,
+        )
+        return exits.NO_ANSWER
+    if getattr(ns, "json", False):
+        views = nodes_of(roster.nodes)
+        body = {v.name: {"state": v.state, "health": v.health, "ha": v.ha} for v in views}
+        print(json.dumps(body, indent=2))
     else:
-        print(format_table(node_rows(states, healths, time.time())))
-    return 0
-
-
-def _collect(
-    inbound: mqtt.Inbound,
-    base: str,
-    states: dict[str, dict[str, Any]],
-    healths: dict[str, dict[str, Any]],
-) -> None:
-    node, _, leaf = inbound.topic[len(base) + 1 :].partition("/")
-    try:
-        body = json.loads(inbound.payload)
-    except ValueError:
-        return
-    if isinstance(body, dict):
-        (states if leaf == "state" else healths)[node] = body
+        print(format_table(node_rows(roster, time.time())))
+    return exits.OK
