@@ -131,12 +131,13 @@ def _extra_commands() -> list[
     Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
 ]:
     """Subcommands that live in their own modules (operator tools, snap hook)."""
-    from agent.operator import tools
+    from agent.operator import fleet, tools
     from agent.platform import snap_configure
 
     adders: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
     adders.append(snap_configure.add_command)
     adders.append(tools.add_commands)
+    adders.append(fleet.add_commands)
     return adders
 
 
