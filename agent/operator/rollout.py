@@ -90,7 +90,7 @@ class Runner:
         return self.state
 
     def _abort(self, reason: str) -> None:
-        self.state.abort(time.time(), reason)
+        self.state.abort(reason)
         self.save(self.state)
         self.progress(f"aborted: {reason}; nodes not started are left untouched")
 

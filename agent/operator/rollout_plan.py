@@ -122,11 +122,15 @@ def health_proof(view: NodeView | None, new_version: str | None) -> str | None:
         reasons = (view.health or {}).get("reasons")
         detail = "; ".join(r for r in reasons if isinstance(r, str)) if reasons else ""
         return f"health {status or 'unknown'}" + (f" ({detail})" if detail else "")
-    if view.node_ready is not True:
+    # The agent reports `succeeded` only once its Kubernetes node is Ready on the new version;
+    # where the backend also reports readiness in every health message, it must stay so.
+    if view.node_ready is False:
         return "Kubernetes node not Ready"
-    version = view.microk8s("version")
-    if new_version and version != new_version:
-        return f"runs {version}, expected {new_version}"
+    for where, version in (("MicroK8s", view.microk8s("version")), ("kubelet", view.kubelet)):
+        if new_version and version is not None and version != new_version:
+            return f"{where} runs {version}, expected {new_version}"
+    if new_version and view.microk8s("version") is None:
+        return "MicroK8s version unknown"
     if view.ha is not None and view.verdict not in HEALTHY_VERDICTS:
         return f"HA verdict {view.verdict}"
     return None
@@ -243,14 +247,13 @@ class RolloutState:
                 return f"{percent:.0f}% failed (more than {options.max_failure_percent:g}%)"
         return None
 
-    def abort(self, now: float, reason: str) -> None:
+    def abort(self, reason: str) -> None:
         """No node is touched after this: every node not started is `not_started`."""
         self.aborted = True
         for record in self.records.values():
             if record.result == "pending":
                 record.result = "not_started"
                 record.error = record.error or f"aborted: {reason}"
-                record.finished = record.finished or now
 
     def summary(self) -> dict[str, Any]:
         """The `--json` object of the issue, nodes in plan order (already ones last)."""

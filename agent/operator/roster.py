@@ -50,6 +50,12 @@ class NodeView:
         return value if isinstance(value, bool) else None
 
     @property
+    def kubelet(self) -> str | None:
+        kube = (self.health or {}).get("kube")
+        value = kube.get("kubelet_version") if isinstance(kube, dict) else None
+        return value if isinstance(value, str) else None
+
+    @property
     def role(self) -> str | None:
         value = (self.ha or {}).get("role")
         return value if isinstance(value, str) else None
