@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import shutil
 import signal
 import sys
@@ -30,6 +31,12 @@ VOTERS = ("pi-01", "pi-02", "pi-03")
 WORKERS = ("pi-04", "pi-05")
 REFRESH = ["refresh", "microk8s", "--channel=1.33-strict/stable"]
 Spawn = Callable[..., AgentProcess]
+CAPTURE = os.environ.get("FLEET_CAPTURE")  # a directory: keep the summaries (docs, closing note)
+
+
+def capture(name: str, summary: str) -> None:
+    if CAPTURE:
+        (Path(CAPTURE) / f"fleet-{name}.json").write_text(summary)
 
 
 def fixtures_with_ready_nodes(tmp_path: Path) -> Path:
@@ -172,7 +179,7 @@ async def test_five_node_rollout_voters_one_by_one_then_a_voter_down_is_refused(
         assert code == 0, out + err
         statuses = [(t.split("/")[3], p["status"], p["ts"]) for t, p, _ in w.messages]
     summary = summary_of(out)
-    (tmp_path.parent / "fleet-clean-summary.json").write_text(out)  # for the closing note
+    capture("clean", out)
     nodes = by_node(summary)
     assert summary["aborted"] is False and summary["channel"] == "1.33-strict/stable"
     assert [n["node"] for n in summary["nodes"]] == ["pi-04", "pi-05", "pi-01", "pi-02", "pi-03"]
@@ -227,7 +234,7 @@ async def test_abort_after_the_first_failure_leaves_the_rest_untouched(
     args = operator_args(broker, keys, tmp_path / "rollout.json")
     code, out, err = await fleet(*args, "--all", "--soak", "1", "--per-node-timeout", "60")
     assert code == 1, out + err
-    (tmp_path.parent / "fleet-aborted-summary.json").write_text(out)  # for the closing note
+    capture("aborted", out)
     summary = summary_of(out)
     assert summary["aborted"] is True
     results = {n["node"]: (n["role"], n["result"]) for n in summary["nodes"]}
