@@ -49,6 +49,8 @@ PURE_MODULES = (
     "agent.link.presence",
     "agent.link.topics",
     "agent.config_rules",
+    "agent.operator.roster",
+    "agent.operator.rollout_plan",
 )
 IMPURE_LIBRARIES = frozenset(
     {"aiohttp", "aiomqtt", "paho", "psutil", "asyncio", "socket", "ssl", "subprocess", "urllib"}
