@@ -14,16 +14,18 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cluster_fakes import FakeMember, loopback_block, self_signed, write_backend_dir
+from tests.cluster_fakes import FakeMember, write_backend_dir
 from tests.commands_helpers import Keys, fake_env, mutating_calls
 from tests.conftest import AgentProcess, Broker, agent_config, watch
 from tests.paths import FAKES, FIXTURES, REPO
+from tests.test_ha_agents import members  # noqa: F401 - the fake voters' fixture
+from tests.test_operator import cli
 
 pytestmark = pytest.mark.broker
 
@@ -87,20 +89,7 @@ def start_node(
 
 
 async def fleet(*args: str, timeout_s: float = 120) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "agent",
-        "fleet",
-        "upgrade",
-        *args,
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await cli("fleet", "upgrade", *args, timeout_s=timeout_s)
 
 
 def operator_args(broker: Broker, keys: Keys, state: Path) -> list[str]:
@@ -129,16 +118,6 @@ async def all_ready(broker: Broker, nodes: tuple[str, ...], *, ha: bool) -> None
                 await w.wait_for(_published("ha", node, "healthy"), timeout_s=60)
 
 
-@pytest.fixture
-async def members(tmp_path: Path) -> AsyncIterator[list[FakeMember]]:
-    tls = self_signed(tmp_path)
-    block = loopback_block()
-    started = [await FakeMember(f"{block}.{i + 2}", tls).start() for i in range(len(VOTERS))]
-    yield started
-    for member in started:
-        await member.stop()
-
-
 def summary_of(out: str) -> dict[str, Any]:
     body = json.loads(out)
     assert isinstance(body, dict)
@@ -150,7 +129,10 @@ def by_node(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 async def test_five_node_rollout_voters_one_by_one_then_a_voter_down_is_refused(
-    tmp_path: Path, broker: Broker, spawn_agent: Spawn, members: list[FakeMember]
+    tmp_path: Path,
+    broker: Broker,
+    spawn_agent: Spawn,
+    members: list[FakeMember],  # noqa: F811 - the fixture imported above
 ) -> None:
     keys = Keys(tmp_path / "keys")
     fixtures = fixtures_with_ready_nodes(tmp_path)

@@ -30,18 +30,24 @@ from agent.operator import settings as opsettings
 from agent.operator.rollout import FleetFeed, Runner
 from agent.operator.rollout_plan import Options, RolloutState, describe_plan, make_plan
 from agent.operator.roster import Roster
-from agent.operator.tools import format_table, load_settings, node_name
+from agent.operator.tools import OperatorExit, format_table, node_name, run_command
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
-class UsageError(AgentError):
+class UsageError(OperatorExit):
     """A problem with what was asked (exit 2)."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(exits.USAGE, message)
 
-class NoNodes(AgentError):
+
+class NoNodes(OperatorExit):
     """Unknown node names, or no node in the cluster (exit 3)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(exits.NO_ANSWER, message)
 
 
 def default_state_path(cluster: str, environ: Mapping[str, str]) -> Path:
@@ -182,24 +188,14 @@ def options_of(ns: argparse.Namespace) -> Options:
 
 
 def cmd_fleet_upgrade(ns: argparse.Namespace) -> int:
-    effective = load_settings(ns, "fleet upgrade")
-    if effective is None:
-        return exits.USAGE
-    try:
-        options = options_of(ns)
-        signer = (
-            signing.Signer.from_file(Path(effective.signing_key)) if effective.signing_key else None
-        )
-        state = asyncio.run(_fleet(ns, effective, options, signer))
-    except UsageError as exc:
-        print(f"edge-agent fleet upgrade: {exc}", file=sys.stderr)
-        return exits.USAGE
-    except NoNodes as exc:
-        print(f"edge-agent fleet upgrade: {exc}", file=sys.stderr)
-        return exits.NO_ANSWER
-    except AgentError as exc:
-        print(f"edge-agent fleet upgrade: {exc}", file=sys.stderr)
-        return exits.LOCAL
+    return run_command(ns, "fleet upgrade", lambda effective: _fleet_upgrade(ns, effective))
+
+
+async def _fleet_upgrade(ns: argparse.Namespace, effective: opsettings.OperatorSettings) -> int:
+    options = options_of(ns)
+    key = effective.signing_key
+    signer = signing.Signer.from_file(Path(key)) if key else None
+    state = await _fleet(ns, effective, options, signer)
     if state is None:
         return exits.OK  # dry run
     print_summary(state, as_json=ns.json)

@@ -15,7 +15,7 @@ import json
 import secrets
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -266,27 +266,42 @@ def cmd_operator_config(ns: argparse.Namespace) -> int:
     return exits.OK
 
 
-def cmd_send(ns: argparse.Namespace) -> int:
-    effective = load_settings(ns, "send")
+class OperatorExit(AgentError):
+    """An expected end of an operator command: one line for stderr and its exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def run_command(
+    ns: argparse.Namespace,
+    command: str,
+    main: Callable[[opsettings.OperatorSettings], Coroutine[Any, Any, int]],
+) -> int:
+    """Settings (exit 2 on a problem), then `main` under asyncio; errors become exit codes."""
+    effective = load_settings(ns, command)
     if effective is None:
         return exits.USAGE
     try:
-        envelope = _envelope(ns, effective)
-        return asyncio.run(_send(ns, effective, envelope))
+        return asyncio.run(main(effective))
+    except OperatorExit as exc:
+        print(f"edge-agent {command}: {exc}", file=sys.stderr)
+        return exc.code
     except AgentError as exc:
-        print(f"edge-agent send: {exc}", file=sys.stderr)
+        print(f"edge-agent {command}: {exc}", file=sys.stderr)
         return exits.LOCAL
+    except KeyboardInterrupt:
+        print(f"edge-agent {command}: interrupted", file=sys.stderr)
+        return exits.INTERRUPTED
+
+
+def cmd_send(ns: argparse.Namespace) -> int:
+    return run_command(ns, "send", lambda effective: _send(ns, effective))
 
 
 def cmd_nodes(ns: argparse.Namespace) -> int:
-    effective = load_settings(ns, "nodes")
-    if effective is None:
-        return exits.USAGE
-    try:
-        return asyncio.run(_nodes(ns, effective))
-    except AgentError as exc:
-        print(f"edge-agent nodes: {exc}", file=sys.stderr)
-        return exits.LOCAL
+    return run_command(ns, "nodes", lambda effective: _nodes(ns, effective))
 
 
 def _envelope(ns: argparse.Namespace, effective: opsettings.OperatorSettings) -> dict[str, Any]:
@@ -306,9 +321,8 @@ def preflight(roster: Roster, node: str, now: float) -> str | None:
     return None
 
 
-async def _send(
-    ns: argparse.Namespace, effective: opsettings.OperatorSettings, envelope: dict[str, Any]
-) -> int:
+async def _send(ns: argparse.Namespace, effective: opsettings.OperatorSettings) -> int:
+    envelope = _envelope(ns, effective)
     topics = Topics(effective.mqtt.prefix, effective.cluster, ns.node)
     reply = f"{topics.root}/reply/{secrets.token_hex(8)}"
     correlation = secrets.token_bytes(16)
