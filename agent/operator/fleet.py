@@ -30,7 +30,14 @@ from agent.operator import settings as opsettings
 from agent.operator.rollout import FleetFeed, Runner
 from agent.operator.rollout_plan import Options, RolloutState, describe_plan, make_plan
 from agent.operator.roster import Roster
-from agent.operator.tools import OperatorExit, format_table, node_name, run_command
+from agent.operator.tools import (
+    OperatorExit,
+    add_wait,
+    format_table,
+    node_name,
+    run_command,
+    seconds,
+)
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -72,16 +79,6 @@ def _node_list(value: str) -> list[str]:
     return [node_name(name) for name in names]
 
 
-def _seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not 0 <= number <= 86400 * 7:
-        raise argparse.ArgumentTypeError(f"{value!r} must be 0 to 604800 seconds")
-    return number
-
-
 def add_commands(sub: Subparsers) -> None:
     fleet = sub.add_parser("fleet", help="act on a whole cluster (rolling upgrade)")
     verbs = fleet.add_subparsers(dest="fleet_verb", metavar="VERB", required=True)
@@ -117,21 +114,21 @@ def add_commands(sub: Subparsers) -> None:
     )
     add(
         "--soak",
-        type=_seconds,
+        type=seconds,
         default=60.0,
         metavar="S",
         help="seconds a node must stay healthy after its upgrade to count (default 60)",
     )
     add(
         "--per-node-timeout",
-        type=_seconds,
+        type=seconds,
         default=900.0,
         metavar="S",
         help="seconds from sending a node's upgrade to its proof of health (default 900)",
     )
     add(
         "--gate-timeout",
-        type=_seconds,
+        type=seconds,
         default=600.0,
         metavar="S",
         help="seconds a node may wait for its gate (quorum margin, maintenance) before the"
@@ -157,13 +154,7 @@ def add_commands(sub: Subparsers) -> None:
     )
     add("--dry-run", action="store_true", help="print the plan and exit")
     add("--json", action="store_true", help="print one JSON summary at the end")
-    add(
-        "--wait",
-        type=_seconds,
-        default=session.ROSTER_WAIT_S,
-        metavar="S",
-        help=f"seconds to read the retained messages (default {session.ROSTER_WAIT_S:g})",
-    )
+    add_wait(upgrade)
     upgrade.set_defaults(func=cmd_fleet_upgrade)
 
 

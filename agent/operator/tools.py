@@ -154,6 +154,27 @@ def node_name(value: str) -> str:
     return value
 
 
+def seconds(value: str) -> float:
+    """A duration as argparse type: 0 to 7 days."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 <= number <= 86400 * 7:
+        raise argparse.ArgumentTypeError(f"{value!r} must be 0 to 604800 seconds")
+    return number
+
+
+def add_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        type=seconds,
+        default=session.ROSTER_WAIT_S,
+        metavar="S",
+        help=f"seconds to read the retained messages (default {session.ROSTER_WAIT_S:g})",
+    )
+
+
 def _add_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json",
@@ -218,13 +239,7 @@ def add_commands(sub: Subparsers) -> None:
     )
     opsettings.add_options(nodes)
     _add_output(nodes)
-    nodes.add_argument(
-        "--wait",
-        type=float,
-        default=session.ROSTER_WAIT_S,
-        metavar="S",
-        help=f"seconds to collect retained messages (default {session.ROSTER_WAIT_S:g})",
-    )
+    add_wait(nodes)
     nodes.set_defaults(func=cmd_nodes)
     show = sub.add_parser(
         "operator-config", help="print the effective operator configuration; exit 0 or 2"
