@@ -287,3 +287,52 @@ def _records(state: Path) -> dict[str, dict[str, Any]]:
     except (FileNotFoundError, ValueError):
         return {}
     return {record["node"]: record for record in data["records"]}
+
+
+async def test_usage_and_lookup_errors_before_any_command(tmp_path: Path, broker: Broker) -> None:
+    keys = Keys(tmp_path / "keys")
+    births = {
+        "pi-01": {"state": "online", "session": 1, "ts": 1.0},
+        "pi-02": {"state": "online", "session": 1, "ts": 1.0},
+    }
+    ha = {"pi-01": {"role": "voter", "verdict": "healthy", "quorum": {"margin": 1}}}
+    async with watch(broker, "microk8s/lab/nodes/+/cmd") as w:
+        for node, body in births.items():
+            await w.publish(f"microk8s/lab/nodes/{node}/state", json.dumps(body), retain=True)
+        for node, verdict in ha.items():
+            await w.publish(f"microk8s/lab/nodes/{node}/ha", json.dumps(verdict), retain=True)
+        state = tmp_path / "rollout.json"
+        args = operator_args(broker, keys, state)
+
+        code, _, err = await fleet(*args, "--nodes", "pi-01,pi-09")
+        assert (code, err.strip()) == (
+            3,
+            "edge-agent fleet upgrade: no node 'pi-09' in cluster 'lab' (known: pi-01, pi-02)",
+        )
+        code, _, err = await fleet(*[a if a != "lab" else "shop" for a in args], "--all")
+        assert code == 3
+        assert "no nodes in cluster 'shop' (it has no nodes; clusters seen: lab)" in err
+        code, _, err = await fleet(*args, "--nodes", "pi-01/#")
+        assert code == 2 and "is not a node name" in err
+
+        plain = [a for a in args if a != "--json"]
+        code, out, err = await fleet(*plain, "--all", "--dry-run")
+        assert code == 0, err
+        # pi-02 has no R/ha: an unknown role, a voter, after pi-01 (no worker here)
+        assert out.splitlines() == ["step 1: pi-01 (voter)", "step 2: pi-02 (unknown)"]
+        assert not state.exists()
+
+        state.write_text("{not json")
+        code, _, err = await fleet(*args, "--all")
+        assert code == 2 and "unreadable" in err and "remove it to start over" in err
+        unfinished = {
+            "schema": 1, "rollout": "r-1", "cluster": "lab", "channel": "1.34/stable",
+            "batches": [["pi-01"]], "aborted": False,
+            "records": [{"node": "pi-01", "role": "voter", "result": "pending"}],
+        }  # fmt: skip
+        state.write_text(json.dumps(unfinished))
+        code, _, err = await fleet(*args, "--all")
+        assert code == 2
+        assert "holds an unfinished rollout of cluster 'lab' to 1.34/stable" in err
+        await asyncio.sleep(0.2)
+        assert w.messages == []  # no command was ever published
