@@ -112,3 +112,15 @@ def test_ca_file_on_the_line_implies_tls(tmp_path: Path) -> None:
     ca.write_text("x")
     got = opsettings.resolve(parse("--cafile", str(ca)), {"HOME": str(tmp_path)})
     assert got.mqtt.tls and got.mqtt.ca_file == str(ca)
+
+
+def test_the_example_file_is_valid_and_complete(tmp_path: Path) -> None:
+    from tests.paths import REPO
+
+    example = REPO / "configs" / "operator.example.toml"
+    got = opsettings.resolve(parse("--config", str(example)), {"HOME": str(tmp_path)})
+    assert (got.cluster, got.mqtt.host, got.mqtt.port) == ("lab", "127.0.0.1", 1883)
+    # Every key of the schema is shown, so the example documents them all.
+    text = example.read_text()
+    for key in ("cluster", "signing_key", *opsettings.as_dict(got)["mqtt"]):
+        assert f"\n{key} = " in text, key
