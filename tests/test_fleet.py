@@ -88,7 +88,7 @@ def start_node(
     return spawn(agent_config(home, broker, **sections), env=fake_env(home, **(env or {})))
 
 
-async def fleet(*args: str, timeout_s: float = 120) -> tuple[int, str, str]:
+async def fleet(*args: str, timeout_s: float = 300) -> tuple[int, str, str]:
     return await cli("fleet", "upgrade", *args, timeout_s=timeout_s)
 
 
