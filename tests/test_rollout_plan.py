@@ -230,3 +230,24 @@ def test_command_ids_are_stable_per_node_and_valid_on_the_wire() -> None:
 def test_foreign_state_files_are_refused(data: dict[str, Any]) -> None:
     with pytest.raises((KeyError, TypeError, ValueError)):
         rp.RolloutState.from_json(data)
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_lines_only_on_a_terminal(tty: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import sys
+
+    from agent.operator import fleet
+
+    class Stream(io.StringIO):
+        def isatty(self) -> bool:
+            return tty
+
+    stream = Stream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    fleet.progress_printer()("pi-01 (voter): upgrading to 1.33/stable")
+    lines = stream.getvalue().splitlines()
+    if tty:
+        assert len(lines) == 1 and lines[0].endswith("  pi-01 (voter): upgrading to 1.33/stable")
+    else:
+        assert lines == []
