@@ -18,10 +18,9 @@ from agent.link.topics import Topics
 from agent.operator import rollout_plan
 from agent.operator.rollout_plan import Options, RolloutState
 from agent.operator.roster import Roster, decode_object
-from agent.operator.tools import build_envelope
+from agent.operator.tools import TERMINAL, build_envelope, describe
 
 TICK_S = 0.2
-TERMINAL = frozenset({"succeeded", "failed", "timed_out", "rejected"})
 
 
 class FleetFeed:
@@ -112,7 +111,8 @@ class Runner:
             self.progress(f"{name} ({record.role}): upgrading to {self.state.channel}")
         else:
             self.progress(f"{name} ({record.role}): resuming command {record.command_id}")
-        error = await self._upgrade(name)
+        command_id = record.command_id or rollout_plan.command_id(self.state.rollout, name)
+        error = await self._upgrade(name, command_id)
         record.result = "failed" if error else "succeeded"
         record.error, record.finished = error, time.time()
         self.save(self.state)
@@ -130,13 +130,12 @@ class Runner:
                 shown = why
             await asyncio.sleep(TICK_S)
 
-    async def _upgrade(self, name: str) -> str | None:
+    async def _upgrade(self, name: str, command_id: str) -> str | None:
         """Send (or re-send) the upgrade, follow it, then soak; the error, or None."""
         record = self.state.records[name]
-        assert record.command_id is not None  # noqa: S101 - set before the record is running
         try:
             async with asyncio.timeout(self.options.per_node_timeout_s):
-                status = await self._send_and_follow(name, record.command_id)
+                status = await self._send_and_follow(name, command_id)
                 if status.get("status") != "succeeded":
                     return _status_error(status)
                 result = status.get("result")
@@ -163,6 +162,7 @@ class Runner:
             status = await queue.get()
             if status.get("status") in TERMINAL:
                 return status
+            self.progress(describe(status))
 
     async def _soak(self, name: str, new_version: str | None, since: float) -> None:
         """Returns once a health report newer than `since` has proven the node for the soak."""
