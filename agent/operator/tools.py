@@ -353,7 +353,8 @@ async def _send(ns: argparse.Namespace, effective: opsettings.OperatorSettings) 
         if why is not None:
             print(f"edge-agent send: {why}", file=sys.stderr)
             return exits.NO_ANSWER
-        await client.subscribe(reply)
+        if effective.mqtt.protocol == 5:  # MQTT 3.1.1 has no Response Topic: R/cmd/{id} only
+            await client.subscribe(reply)
         await client.subscribe(topics.cmd_status(envelope["id"]))
         await client.publish(
             topics.cmd, wire.encode(envelope), response_topic=reply, correlation_data=correlation
