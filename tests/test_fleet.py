@@ -156,10 +156,13 @@ async def test_five_node_rollout_voters_one_by_one_then_a_voter_down_is_refused(
     assert plan == [["pi-04"], ["pi-05"], ["pi-01"], ["pi-02"], ["pi-03"]]
     assert not state.exists()
 
-    async with watch(broker, "microk8s/lab/nodes/+/cmd/+") as w:
+    async with watch(broker, "microk8s/lab/nodes/+/cmd/+", "microk8s/lab/rollout") as w:
         code, out, err = await fleet(*args, "--all", "--soak", "1", "--per-node-timeout", "60")
         assert code == 0, out + err
-        statuses = [(t.split("/")[3], p["status"], p["ts"]) for t, p, _ in w.messages]
+        statuses = [
+            (t.split("/")[3], p["status"], p["ts"]) for t, p, _ in w.messages if "/cmd/" in t
+        ]
+        reports = w.payloads("/rollout")
     summary = summary_of(out)
     capture("clean", out)
     nodes = by_node(summary)
@@ -182,6 +185,14 @@ async def test_five_node_rollout_voters_one_by_one_then_a_voter_down_is_refused(
         assert done[before] < accepted[after], (before, after)
     for node in VOTERS + WORKERS:
         assert mutating_calls(tmp_path / node).count(REFRESH) == 1, node
+    # The retained progress report (the dashboard's banner) followed every step to the end.
+    assert [(r["node"], r["step"]) for r in reports if r["node"] == "pi-01"] == [
+        ("pi-01", "gate"), ("pi-01", "upgrade"), ("pi-01", "soak"), ("pi-01", "succeeded"),
+    ]  # fmt: skip
+    assert {k: reports[-1][k] for k in ("state", "done", "total", "failures", "aborted")} == {
+        "state": "done", "done": 5, "total": 5, "failures": 0, "aborted": False,
+    }  # fmt: skip
+    assert reports[-1]["rollout"] == summary["rollout"]
 
     # A voter's dqlite goes down: the others report margin 0, and the next voter is refused.
     await members[2].stop_dqlite()

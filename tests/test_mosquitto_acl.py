@@ -119,9 +119,11 @@ async def test_an_operator_cannot_impersonate_a_node(fleet: FleetBroker, pki: Pa
         client(fleet, pki, "operators/admin") as op,
     ):
         await op.publish(f"{R1}/state", b'{"state":"offline"}', qos=1)
+        await op.publish("microk8s/lab/rollout", b'{"state":"running"}', qos=1)
         await op.publish(f"{R1}/cmd", b"barrier", qos=1)
         await ops.wait_for(lambda t, p: t == f"{R1}/cmd")
-    assert [t for t, _, _ in ops.messages] == [f"{R1}/cmd"]
+    # An operator writes commands and the rollout report (fleet upgrade), never a node's topics.
+    assert [t for t, _, _ in ops.messages] == ["microk8s/lab/rollout", f"{R1}/cmd"]
 
 
 async def test_a_node_reads_its_commands_and_peers_presence_only(

@@ -251,3 +251,17 @@ def test_progress_lines_only_on_a_terminal(tty: bool, monkeypatch: pytest.Monkey
         assert len(lines) == 1 and lines[0].endswith("  pi-01 (voter): upgrading to 1.33/stable")
     else:
         assert lines == []
+
+
+def test_the_rollout_report_counts_progress() -> None:
+    state = state_for(["pi-01", "pi-04", "pi-05"])
+    state.records["pi-04"].result = "succeeded"
+    state.records["pi-05"].result = "failed"
+    options = rp.Options(CH, max_failures=1)
+    report = state.report("pi-01", "gate", options, 12.34567)
+    assert report == {
+        "rollout": "r-1", "channel": CH, "state": "running", "node": "pi-01", "step": "gate",
+        "done": 2, "total": 3, "failures": 1, "max_failures": 1, "aborted": False, "ts": 12.346,
+    }  # fmt: skip
+    state.abort("2 failed")
+    assert state.report(None, "aborted", options, 0)["state"] == "aborted"

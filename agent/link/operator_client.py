@@ -38,6 +38,7 @@ class OperatorClient:
         payload: bytes,
         *,
         qos: int = 1,
+        retain: bool = False,
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
     ) -> None:
@@ -48,7 +49,12 @@ class OperatorClient:
             properties.CorrelationData = correlation_data
         try:
             await self._client.publish(
-                topic, payload, qos=qos, properties=properties, timeout=PUBLISH_TIMEOUT_S
+                topic,
+                payload,
+                qos=qos,
+                retain=retain,
+                properties=properties,
+                timeout=PUBLISH_TIMEOUT_S,
             )
         except aiomqtt.MqttError as exc:
             raise TransportError(f"publish to {topic} failed: {exc}") from exc

@@ -2,17 +2,20 @@
 
 Every decision (order, gates, soak, abort) is agent.operator.rollout_plan's; this module only
 waits for the facts those decisions need, publishes the signed `upgrade` commands and writes
-the state file after every step, so a crashed operator resumes where it stopped.
+the state file after every step, so a crashed operator resumes where it stopped. It also keeps a
+retained progress report on `{prefix}/{cluster}/rollout`, which the dashboard draws as a banner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 from agent.commands import signing, wire
+from agent.errors import AgentError
 from agent.link import operator_client
 from agent.link.topics import Topics
 from agent.operator import rollout_plan
@@ -79,29 +82,42 @@ class Runner:
         while not self.state.finished:
             reason = self.state.abort_reason(self.options)
             if reason is not None:
-                self._abort(reason)
+                await self._abort(reason)
                 break
             batch = self.state.next_batch()
             if batch is None:
                 break
             await asyncio.gather(*(self._node(name) for name in batch))
         self.save(self.state)
+        await self._report(None, "finished")
         return self.state
 
-    def _abort(self, reason: str) -> None:
+    async def _abort(self, reason: str) -> None:
         self.state.abort(reason)
         self.save(self.state)
         self.progress(f"aborted: {reason}; nodes not started are left untouched")
+        await self._report(None, "aborted")
+
+    async def _report(self, node: str | None, step: str) -> None:
+        """The retained rollout report the dashboard draws; never a reason to stop the rollout."""
+        body = self.state.report(node, step, self.options, time.time())
+        topic = f"{self.feed.roster.prefix}/{self.feed.roster.cluster}/rollout"
+        try:
+            await self.feed.client.publish(topic, json.dumps(body).encode(), retain=True)
+        except AgentError as exc:
+            self.progress(f"rollout report not published: {exc}")
 
     async def _node(self, name: str) -> None:
         record = self.state.records[name]
         if record.result == "pending":
+            await self._report(name, "gate")
             refused = await self._wait_gate(name)
             if self.state.aborted:
                 return
             if refused is not None:
                 record.error = f"refused: {refused}"
-                self._abort(f"{name} refused after {self.options.gate_timeout_s:g} s: {refused}")
+                waited = f"{self.options.gate_timeout_s:g} s"
+                await self._abort(f"{name} refused after {waited}: {refused}")
                 return
             view = self.feed.roster.nodes.get(name)
             record.result, record.started = "running", time.time()
@@ -109,6 +125,7 @@ class Runner:
             record.command_id = rollout_plan.command_id(self.state.rollout, name)
             self.save(self.state)
             self.progress(f"{name} ({record.role}): upgrading to {self.state.channel}")
+            await self._report(name, "upgrade")
         else:
             self.progress(f"{name} ({record.role}): resuming command {record.command_id}")
         command_id = record.command_id or rollout_plan.command_id(self.state.rollout, name)
@@ -117,6 +134,7 @@ class Runner:
         record.error, record.finished = error, time.time()
         self.save(self.state)
         self.progress(f"{name} ({record.role}): {record.result}" + (f": {error}" if error else ""))
+        await self._report(name, record.result)
 
     async def _wait_gate(self, name: str) -> str | None:
         deadline = time.monotonic() + self.options.gate_timeout_s
@@ -142,6 +160,7 @@ class Runner:
                 new = result.get("new_version") if isinstance(result, dict) else None
                 record.new_version = new if isinstance(new, str) else record.new_version
                 self.progress(f"{name}: upgraded; proving health for {self.options.soak_s:g} s")
+                await self._report(name, "soak")
                 await self._soak(name, record.new_version, time.monotonic())
                 return None
         except TimeoutError:

@@ -255,6 +255,23 @@ class RolloutState:
                 record.result = "not_started"
                 record.error = record.error or f"aborted: {reason}"
 
+    def report(self, node: str | None, step: str, options: Options, now: float) -> dict[str, Any]:
+        """The retained `{prefix}/{cluster}/rollout` progress report (the dashboard's banner)."""
+        state = "aborted" if self.aborted else ("done" if self.finished else "running")
+        return {
+            "rollout": self.rollout,
+            "channel": self.channel,
+            "state": state,
+            "node": node,
+            "step": step,
+            "done": sum(1 for r in self.records.values() if r.result in FINAL),
+            "total": len(self.records),
+            "failures": self.failures(),
+            "max_failures": options.max_failures or 0,
+            "aborted": self.aborted,
+            "ts": round(now, 3),
+        }
+
     def summary(self) -> dict[str, Any]:
         """The `--json` object of the issue, nodes in plan order (already ones last)."""
         return {
