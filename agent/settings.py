@@ -94,6 +94,8 @@ class HaSettings:
     interval_s: float = 30.0
     probe_timeout_s: float = 2.0
     auto_remove_after_s: float = 0.0
+    # Speak TLS to dqlite with microk8s.backend_dir's cluster.crt/cluster.key (false: plain TCP).
+    dqlite_tls: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,10 +1,10 @@
-"""The peer-witnessed cluster view and the auto-remove planner (pure)."""
+"""The peer-witnessed cluster view (pure); the auto-remove planner is in test_failover.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from agent.ha import failover, peers
+from agent.ha import peers
 
 A, B, C = "127.0.0.11:19001", "127.0.0.12:19001", "127.0.0.13:19001"
 NODES = {A: "pi-01", B: "pi-02", C: "pi-03"}
@@ -139,77 +139,3 @@ def test_members_are_matched_by_host_whatever_the_port() -> None:
 def test_names_come_from_peers_own_addresses() -> None:
     book = book_with(report("pi-02"), report("pi-03"))
     assert book.names() == {"127.0.0.12": "pi-02", "127.0.0.13": "pi-03"}
-
-
-# --- auto-remove planner -------------------------------------------------------------------
-
-
-def down_view(*, reporters: list[str], margin_ok: bool = True) -> dict[str, Any]:
-    members = [
-        {"address": A, "node": "pi-01", "role": "voter", "status": "up"},
-        {"address": B, "node": "pi-02", "role": "voter", "status": "up"},
-        {"address": C, "node": "pi-03", "role": "voter", "status": "down"},
-    ]
-    q = {"size": 3, "reachable": 2, "needed": 2, "ok": margin_ok, "margin": 0}
-    return {"reporters": reporters, "members": members, "quorum": q}
-
-
-def test_actor_is_the_lowest_named_up_voter_that_reports() -> None:
-    assert failover.actor(down_view(reporters=["pi-01", "pi-02"])) == "pi-01"
-    assert failover.actor(down_view(reporters=["pi-02"])) == "pi-02"
-    assert failover.actor(down_view(reporters=["pi-03"])) is None
-
-
-def test_remover_waits_then_acts_once() -> None:
-    remover = failover.AutoRemover(after_s=30)
-    view = down_view(reporters=["pi-01", "pi-02"])
-    remover.observe(view, now=100)
-    assert remover.decide("pi-01", view, now=120) is None
-    remover.observe(view, now=131)
-    removal = remover.decide("pi-01", view, now=131)
-    assert removal == failover.Removal(C, "pi-03", "pi-03", 31.0)
-    assert remover.decide("pi-02", view, now=131) is None
-    remover.record(C, ok=True, now=131)
-    assert remover.decide("pi-01", view, now=500) is None
-
-
-def test_remover_retries_a_failure_after_a_full_delay() -> None:
-    remover = failover.AutoRemover(after_s=30)
-    view = down_view(reporters=["pi-01", "pi-02"])
-    remover.observe(view, now=0)
-    assert remover.decide("pi-01", view, now=31) is not None
-    remover.record(C, ok=False, now=31)
-    assert remover.decide("pi-01", view, now=50) is None
-    assert remover.decide("pi-01", view, now=62) is not None
-
-
-def test_remover_restarts_the_clock_when_the_member_comes_back() -> None:
-    remover = failover.AutoRemover(after_s=30)
-    view = down_view(reporters=["pi-01", "pi-02"])
-    remover.observe(view, now=0)
-    back = {**view, "members": [{**m, "status": "up"} for m in view["members"]]}
-    remover.observe(back, now=20)
-    remover.observe(view, now=25)
-    assert remover.decide("pi-01", view, now=40) is None
-    assert remover.decide("pi-01", view, now=56) is not None
-
-
-def test_remover_off_or_without_quorum_does_nothing() -> None:
-    view = down_view(reporters=["pi-01", "pi-02"])
-    off = failover.AutoRemover(after_s=0)
-    off.observe(view, now=0)
-    assert off.decide("pi-01", view, now=10_000) is None
-    lost = down_view(reporters=["pi-01", "pi-02"], margin_ok=False)
-    remover = failover.AutoRemover(after_s=1)
-    remover.observe(lost, now=0)
-    assert remover.decide("pi-01", lost, now=100) is None
-
-
-def test_remover_uses_the_ip_when_the_name_is_unknown() -> None:
-    view = down_view(reporters=["pi-01"])
-    view["members"][2]["node"] = None
-    remover = failover.AutoRemover(after_s=1)
-    remover.observe(view, now=0)
-    removal = remover.decide("pi-01", view, now=5)
-    assert removal is not None
-    assert removal.target == "127.0.0.13"

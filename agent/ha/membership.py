@@ -22,6 +22,7 @@ from agent.errors import AgentError
 ROLES = {0: "voter", 1: "standby", 2: "spare"}
 """go-dqlite NodeRole numbers (internal/protocol/constants.go)."""
 ROLE_WORDS = {"voter": "voter", "standby": "standby", "stand-by": "standby", "spare": "spare"}
+SOURCE_DQLITE = "dqlite"
 SOURCE_FILES = "cluster.yaml"
 SOURCE_STATUS = "microk8s status"
 MAX_FILE_BYTES = 1 << 20
@@ -42,6 +43,8 @@ class Member:
     """voter, standby or spare."""
     id: int | None = None
     """go-dqlite node ID (up to 2**64-1); unknown when read from `microk8s status`."""
+    failure_domain: int | None = None
+    """From the member's own `describe` answer; None unless the live view got one."""
 
     @property
     def host(self) -> str:
@@ -58,7 +61,7 @@ class Membership:
 
     members: tuple[Member, ...] = ()
     source: str | None = None
-    """"cluster.yaml", "microk8s status", or None when neither could be read."""
+    """"dqlite" (the live cluster), "cluster.yaml", "microk8s status", or None (nothing read)."""
     self_member: Member | None = None
     """This node's own record (info.yaml), None when unknown."""
     error: str | None = None

@@ -1,8 +1,10 @@
 """The HA loop: membership, probes and peers' reports in; a verdict on `R/ha` (retained) out.
 
-Every `ha.interval_s` it reads the member list, probes every member concurrently, and builds this
-node's verdict (`agent.ha.quorum`); the peers' verdicts, kept by `agent.ha.peers`, add the
-`cluster` view.
+Every `ha.interval_s` it reads the member list, asks the running dqlite cluster for its leader,
+members, roles and failure domains (`agent.ha.dqlite`; the files are the fallback), probes every
+member concurrently, and builds this node's verdict (`agent.ha.quorum`) with its failover
+readiness (`agent.ha.readiness`, fed by the nodes' retained health messages); the peers'
+verdicts, kept by `agent.ha.peers`, add the `cluster` view.
 It publishes on change and at least every HEARTBEAT_INTERVALS intervals, and re-derives the
 cluster view as soon as a peer's report arrives so that a witnessed failure spreads within one
 round. It also runs the opt-in auto-remove (`agent.ha.failover`) as one child task at a time.
@@ -21,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError, TransportError
-from agent.ha import failover, membership, peers, probes, quorum
+from agent.ha import dqlite, failover, membership, peers, probes, quorum, readiness, reconcile
+from agent.ha.dqlite_wire import LiveView
 from agent.health.state import AgentState
 from agent.link.mqtt import Inbound, Link
 from agent.link.topics import Topics
@@ -42,8 +45,8 @@ POLL_S = 1.0
 """How often the wait between rounds looks at `AgentState.maintenance`."""
 EVENTS_KEPT = 10
 
-NodeNames = Callable[[], Awaitable[Mapping[str, str]]]
-"""InternalIP → Kubernetes node name (from the Kubernetes API); may raise AgentError."""
+NodeNames = Callable[[], Awaitable[list[reconcile.KubeNode]]]
+"""The Kubernetes nodes (names, InternalIPs, control plane or not); may raise AgentError."""
 Readyz = Callable[[], Awaitable[bool | None]]
 """The local API server's /readyz verdict; None when it cannot be asked."""
 
@@ -73,10 +76,17 @@ class HaMonitor:
         self.peers = peers.PeerBook(settings.node.name, window)
         self._remover = failover.AutoRemover(settings.ha.auto_remove_after_s)
         self._removal: asyncio.Task[None] | None = None
+        self._refused: failover.Refusal | None = None
         self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
         self._obs: quorum.Observation | None = None
         self._kube_names: dict[str, str] = {}
         self._names_error: str | None = None
+        backend_dir = Path(settings.microk8s.backend_dir)
+        self._tls = dqlite.TlsFiles(backend_dir) if settings.ha.dqlite_tls else None
+        self._live_members: tuple[str, ...] = ()
+        self._live_note: str | None = None
+        self._leader: str | None = None
+        self._flags: dict[str, list[str] | None] = {}
         self._wake = asyncio.Event()
         self._published_session: int | None = None
         self._last_published_at = 0.0
@@ -86,6 +96,7 @@ class HaMonitor:
         """Subscribe to the peers' verdicts and presence; republish after every reconnect."""
         self._link.subscribe(self._topics.peers("ha"), 1, self._on_peer_ha)
         self._link.subscribe(self._topics.peers("state"), 1, self._on_peer_state)
+        self._link.subscribe(self._topics.peers("health"), 1, self._on_peer_health)
         self._link.on_connect(self._on_connect)
 
     def upgrade_gate(self, force: bool) -> str | None:
@@ -101,6 +112,16 @@ class HaMonitor:
         if node is not None:
             self.peers.record_verdict(node, _decode(inbound.payload), time.monotonic())
             self._wake.set()
+
+    def _on_peer_health(self, inbound: Inbound) -> None:
+        # Only the risk flags are kept (a few words per node), never the whole message.
+        node = self._topics.node_of(inbound.topic)
+        if node is not None and node != self._settings.node.name:
+            self._flags[node] = self._risk_flags(_decode(inbound.payload))
+
+    def _risk_flags(self, health: Any) -> list[str] | None:
+        limits = self._settings.health
+        return readiness.risk_flags(health, limits.temperature_warn_c, limits.disk_warn_percent)
 
     def _on_peer_state(self, inbound: Inbound) -> None:
         node = self._topics.node_of(inbound.topic)
@@ -154,46 +175,112 @@ class HaMonitor:
     async def _observe(self) -> quorum.Observation:
         facts = self._facts()
         hosts = await asyncio.to_thread(probes.local_hosts)
-        members = await asyncio.to_thread(
+        files = await asyncio.to_thread(
             membership.load,
             Path(self._settings.microk8s.backend_dir),
             facts.ha_nodes if facts else None,
             hosts,
         )
+        live = await self._live_view(files)
+        members = reconcile.live_membership(files, live) if live and live.answered else files
         timeout = self._ha.probe_timeout_s
-        found, ready, kube_names = await asyncio.gather(
-            probes.probe_all(members.members, timeout), self._ask_readyz(), self._ask_names()
+        found, ready, kube = await asyncio.gather(
+            probes.probe_all(members.members, timeout), self._ask_readyz(), self._ask_kube()
         )
+        names = self._names(members)
+        if live is not None and live.answered:
+            # A dqlite round trip beats a TCP connect: a hung dqlite still accepts connections.
+            found = {a: dataclasses.replace(p, dqlite=a in live.metadata) for a, p in found.items()}
+        self._flags[self._settings.node.name] = self._risk_flags(self._state.last_health)
         return quorum.Observation(
             node=self._settings.node.name,
             ts=time.time(),
             membership=members,
             role=membership.node_role(members, facts.role if facts else None),
             probes=found,
-            names=self._names(members, kube_names),
+            names=names,
             apiserver_ready=ready,
             maintenance=self._state.maintenance,
+            leader=live.leader if live else None,
+            no_leader=live.error if live and not live.unusable else None,
+            notes=tuple(self._live_notes(files, members, live, kube, names)),
+            flags=dict(self._flags),
         )
 
-    def _names(self, members: membership.Membership, kube: Mapping[str, str]) -> dict[str, str]:
+    async def _live_view(self, files: membership.Membership) -> LiveView | None:
+        """Ask the running dqlite (local member first); None when this node knows no member."""
+        own = [files.self_member.address] if files.self_member else []
+        candidates = [*own, *(m.address for m in files.members), *self._live_members]
+        if not candidates:
+            return None
+        try:
+            context = await asyncio.to_thread(self._tls.context) if self._tls else None
+        except dqlite.DqliteError as exc:
+            view = LiveView(unusable=str(exc))
+        else:
+            client = dqlite.DqliteClient(context, self._ha.probe_timeout_s)
+            view = await client.view(candidates)
+        self._log_live(view)
+        if view.answered:
+            self._live_members = tuple(m.address for m in view.members)
+        return view
+
+    def _log_live(self, view: LiveView) -> None:
+        """One log event per change: the live view lost or back, a new leader."""
+        note = view.unusable or view.error
+        if note != self._live_note:
+            if note:
+                log.warning("ha_dqlite_no_leader", error=note)
+            else:
+                log.info("ha_dqlite_answered", members=len(view.members))
+        self._live_note = note
+        leader = view.leader.address if view.leader else None
+        if leader != self._leader and leader is not None:
+            log.info("ha_dqlite_leader", leader=leader, previous=self._leader)
+        self._leader = leader
+
+    @staticmethod
+    def _live_notes(
+        files: membership.Membership,
+        members: membership.Membership,
+        live: LiveView | None,
+        kube: list[reconcile.KubeNode] | None,
+        names: Mapping[str, str],
+    ) -> list[str]:
+        if live is None:
+            return []
+        if live.unusable:
+            where = files.source or "nowhere"
+            return [f"live dqlite view unavailable: {live.unusable}; members from {where}"]
+        if not live.answered:
+            return []
+        return [
+            *reconcile.differences(files, members.members, names),
+            *reconcile.orphans(members.members, kube),
+        ]
+
+    def _names(self, members: membership.Membership) -> dict[str, str]:
         """Node names by host: this node's own, then the Kubernetes API, then peers' claims."""
-        names = {**self.peers.names(), **kube}
+        names = {**self.peers.names(), **self._kube_names}
         if members.self_member is not None:
             names[members.self_member.host] = self._settings.node.name
         return names
 
-    async def _ask_names(self) -> Mapping[str, str]:
+    async def _ask_kube(self) -> list[reconcile.KubeNode] | None:
+        """The Kubernetes nodes now, or None (the names of the last good answer stay known)."""
         if self._node_names is None:
-            return {}
+            return None
         try:
-            self._kube_names = dict(await self._node_names())
-            self._names_error = None
+            nodes = await self._node_names()
         except AgentError as exc:
             # Said once per distinct cause: without a kubeconfig this fails every round.
             if str(exc) != self._names_error:
                 log.info("ha_node_names_unavailable", error=str(exc))
             self._names_error = str(exc)
-        return self._kube_names
+            return None
+        self._kube_names = reconcile.names_of(nodes)
+        self._names_error = None
+        return nodes
 
     async def _ask_readyz(self) -> bool | None:
         if self._readyz is None:
@@ -207,7 +294,7 @@ class HaMonitor:
         own = quorum.build_verdict(obs)
         now = time.monotonic()
         cluster = self.peers.view(own, now)
-        self._plan_removal(cluster, now)
+        self._plan_removal(cluster, now, live=own.get("source") == membership.SOURCE_DQLITE)
         verdict = {**own, "ts": round(time.time(), 3), "cluster": cluster}
         verdict["events"] = list(self._events)
         self._state.last_ha = verdict
@@ -234,12 +321,23 @@ class HaMonitor:
 
     # --- auto-remove ---------------------------------------------------------------------
 
-    def _plan_removal(self, cluster: Mapping[str, Any], now: float) -> None:
+    def _plan_removal(self, cluster: Mapping[str, Any], now: float, *, live: bool) -> None:
         self._remover.observe(cluster, now)
         if self._removal is not None and not self._removal.done():
             return
-        removal = self._remover.decide(self._settings.node.name, cluster, now)
-        if removal is not None:
+        removal = self._remover.decide(self._settings.node.name, cluster, now, live=live)
+        if isinstance(removal, failover.Refusal):
+            # Once per cause: the refusal holds round after round while the cause lasts.
+            if removal != self._refused:
+                self._event(
+                    "auto_remove_refused",
+                    address=removal.address,
+                    node=removal.node,
+                    reason=removal.reason,
+                )
+            self._refused = removal
+        elif removal is not None:
+            self._refused = None
             self._removal = asyncio.create_task(self._remove(removal), name="ha-auto-remove")
 
     async def _remove(self, removal: failover.Removal) -> None:
@@ -275,9 +373,9 @@ def kube_sources(settings: Settings) -> tuple[NodeNames, Readyz]:
         timeout_s=settings.ha.probe_timeout_s,
     )
 
-    async def node_names() -> dict[str, str]:
+    async def node_names() -> list[reconcile.KubeNode]:
         nodes = kube_model.parse_node_list(await watch.get().nodes())
-        return {address: node.name for node in nodes for address in node.addresses}
+        return [reconcile.KubeNode(n.name, n.addresses, not n.worker) for n in nodes]
 
     async def readyz() -> bool | None:
         try:

@@ -13,6 +13,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agent.ha import readiness
+from agent.ha.dqlite_wire import Node
 from agent.ha.membership import Member, Membership
 
 SCHEMA = 1
@@ -114,6 +116,14 @@ class Observation:
     """Node name by member host (IP)."""
     apiserver_ready: bool | None = None
     maintenance: str | None = None
+    leader: Node | None = None
+    """The dqlite leader, when the live cluster was asked and named one."""
+    no_leader: str | None = None
+    """The dqlite error when the live cluster was asked and no leader could be found."""
+    notes: tuple[str, ...] = ()
+    """Reasons from the live view: differences with cluster.yaml, orphans, why it is missing."""
+    flags: Mapping[str, list[str] | None] = dataclasses.field(default_factory=dict)
+    """Risk flags by node name, from the nodes' health messages (`readiness.risk_flags`)."""
 
 
 def _member_entry(member: Member, obs: Observation) -> dict[str, Any]:
@@ -125,7 +135,15 @@ def _member_entry(member: Member, obs: Observation) -> dict[str, Any]:
         "reachable": probe.dqlite if probe else False,
         "apiserver": probe.apiserver if probe else None,
         "cluster_agent": probe.cluster_agent if probe else None,
+        "failure_domain": member.failure_domain,
     }
+
+
+def _leader(obs: Observation) -> dict[str, Any] | None:
+    if obs.leader is None:
+        return None
+    host = obs.leader.address.rpartition(":")[0].strip("[]")
+    return {"address": obs.leader.address, "node": obs.names.get(host)}
 
 
 def build_verdict(obs: Observation) -> dict[str, Any]:
@@ -138,10 +156,16 @@ def build_verdict(obs: Observation) -> dict[str, Any]:
         if e["role"] == "voter"
     ]
     q = quorum(len(voters), sum(1 for v in voters if v["reachable"]))
-    verdict = classify(q)
+    counted = classify(q)
     names = {e["address"]: e["node"] for e in members}
     down = [v["address"] for v in voters if not v["reachable"]]
-    reasons = quorum_reasons(verdict, q, down, names)
+    reasons = quorum_reasons(counted, q, down, names)
+    verdict = counted
+    if obs.no_leader is not None:
+        # Votes may add up, but without a leader nothing is written: that is a lost datastore.
+        verdict = "lost"
+        reasons.append(f"no dqlite leader: {obs.no_leader}")
+    reasons.extend(obs.notes)
     reasons.extend(_side_reasons(obs))
     me = membership.self_member
     return {
@@ -159,6 +183,10 @@ def build_verdict(obs: Observation) -> dict[str, Any]:
         "maintenance": obs.maintenance is not None,
         "maintenance_reason": obs.maintenance,
         "members": members,
+        "leader": _leader(obs),
+        "readiness": readiness.assess(
+            members, q.to_dict(), leader_known=obs.no_leader is None, flags=obs.flags
+        ),
     }
 
 
