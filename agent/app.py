@@ -136,7 +136,7 @@ class Agent:
     def _ha_monitor(
         self, backend: Backend, monitor: HealthMonitor, executor: Executor
     ) -> HaMonitor:
-        """The HA loop, wired to the executor: its quorum gate, and maintenance during refresh."""
+        """The HA loop, wired to the executor: its quorum gates, and maintenance during refresh."""
         node_names, readyz = kube_sources(self.settings)
         ha_monitor = HaMonitor(
             self.settings,
@@ -149,6 +149,9 @@ class Agent:
         )
         ha_monitor.attach()
         executor.upgrade_gate = ha_monitor.upgrade_gate
+        executor.join_gate = lambda args: ha_monitor.join_gate(
+            args.host, worker=args.worker, force=args.force
+        )
         executor.on_maintenance = self._set_maintenance
         return ha_monitor
 

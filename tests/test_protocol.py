@@ -157,6 +157,7 @@ BAD_ARGS = [
     ("join", {"url": f"127.0.0.11:25000/{TOKEN}/zzzzzzzzzzzz"}, "url must be"),
     ("join", {"url": f"127.0.0.11:25000/{TOKEN} --skip-verify"}, "url must be"),
     ("join", {"url": URL, "worker": "yes"}, "worker must be true or false"),
+    ("join", {"url": URL, "force": 1}, "force must be true or false"),
     ("addon", {"name": "dns"}, "missing argument(s): action"),
     ("addon", {"name": "DNS", "action": "enable"}, "name must be"),
     ("addon", {"name": "-dns", "action": "enable"}, "name must be"),
@@ -194,6 +195,7 @@ def test_argument_rejections(verb: str, args: dict[str, Any], reason: str) -> No
 
 GOOD_ARGS = [
     ("join", {"url": URL}, verbs.JoinArgs(URL, False)),
+    ("join", {"url": URL, "force": True}, verbs.JoinArgs(URL, False, force=True)),
     ("join", {"url": f"127.0.0.11:25000/{TOKEN}", "worker": True}, None),
     (
         "addon",

@@ -160,6 +160,8 @@ class Dispatcher:
             reason = self.executor.unavailable()
             if reason is None and isinstance(command.args, verbs.UpgradeArgs):
                 reason = self.executor.upgrade_refusal(command.args, self._facts())
+            if reason is None and isinstance(command.args, verbs.JoinArgs):
+                reason = self.executor.join_gate(command.args)
             if reason is not None:
                 raise Rejected(reason)
         return command

@@ -25,11 +25,18 @@ log = get_logger(__name__)
 
 UpgradeGate = Callable[[bool], str | None]
 """Called with `force`; returns why an upgrade must not start now (e.g. would_break_quorum)."""
+JoinGate = Callable[[JoinArgs], str | None]
+"""Returns why a join must not start now (the target cluster's quorum has no margin)."""
 
 READY_POLL_S = 2.0
 
 
 def allow_upgrade(force: bool) -> str | None:
+    """The default gate: no cluster-level objection."""
+    return None
+
+
+def allow_join(args: JoinArgs) -> str | None:
     """The default gate: no cluster-level objection."""
     return None
 
@@ -52,6 +59,7 @@ class Executor:
     ) -> None:
         self.backend = backend
         self.upgrade_gate = upgrade_gate
+        self.join_gate: JoinGate = allow_join
         # Told the reason while a refresh may restart MicroK8s, then None (the HA verdict says
         # "maintenance" meanwhile, so peers do not count the restart as a failure).
         self.on_maintenance: Callable[[str | None], None] = lambda _reason: None
@@ -79,6 +87,9 @@ class Executor:
         args = command.args
         try:
             if isinstance(args, JoinArgs):
+                refusal = self.join_gate(args)
+                if refusal is not None:
+                    return failed(refusal)
                 return await self.backend.join(args.url, worker=args.worker, progress=progress)
             if isinstance(args, AddonArgs):
                 return await self.backend.addon(

@@ -37,6 +37,12 @@ ADDON_ACTIONS = ("enable", "disable")
 class JoinArgs:
     url: str
     worker: bool
+    force: bool = False
+    """Join even while the cluster's quorum has no margin (the HA gate is skipped)."""
+
+    @property
+    def host(self) -> str:
+        return self.url.split(":", 1)[0]
 
     def secrets(self) -> tuple[str, ...]:
         return join_url_secrets(self.url)
@@ -141,7 +147,7 @@ class _Checker:
         return value
 
     def join(self) -> JoinArgs:
-        self.only({"url", "worker"}, {"url"})
+        self.only({"url", "worker", "force"}, {"url"})
         url = self._args["url"]
         if not isinstance(url, str) or not _valid_join_url(url):
             raise self.reject(
@@ -149,7 +155,7 @@ class _Checker:
                 " and IPv6), a port, a token of at least 32 letters and digits and optionally"
                 " a fingerprint of at least 12 hex digits (as printed by `microk8s add-node`)"
             )
-        return JoinArgs(url=url, worker=self.flag("worker", False))
+        return JoinArgs(url=url, worker=self.flag("worker", False), force=self.flag("force", False))
 
     def addon(self) -> AddonArgs:
         self.only({"name", "action", "args"}, {"name", "action"})

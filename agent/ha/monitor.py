@@ -103,6 +103,13 @@ class HaMonitor:
         """The dispatcher's hook: why an upgrade of this node must wait, or None."""
         return quorum.upgrade_gate(self._state.last_ha, force)
 
+    def join_gate(self, host: str, *, worker: bool, force: bool) -> str | None:
+        """The dispatcher's hook: why joining the cluster at `host` must wait, or None."""
+        reports = list(self.peers.fresh(time.monotonic()).values())
+        if self._state.last_ha is not None:
+            reports.append(self._state.last_ha)
+        return quorum.join_gate(reports, host, force=force, worker=worker)
+
     async def _on_connect(self) -> None:
         # A new session always gets the verdict (the broker may have lost the retained copy).
         self._wake.set()

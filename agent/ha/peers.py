@@ -23,7 +23,7 @@ MAINTENANCE = "maintenance"
 UNREACHABLE = "unreachable"
 """Unreachable from this node while no other agent has reported on it: not yet witnessed."""
 UNKNOWN = "unknown"
-SERVING = frozenset({UP, PARTITIONED, AGENT_DOWN})
+SERVING = quorum.SERVING
 """Statuses of a voter that still votes (its dqlite answers a majority of the agents)."""
 
 

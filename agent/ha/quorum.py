@@ -26,6 +26,8 @@ VOTER_ROLES = frozenset({"voter", None})
 """Roles whose refresh may take a voter away (None: unknown, so assume the worst)."""
 RISKY_VERDICTS = frozenset({"at_risk", "lost"})
 WOULD_BREAK_QUORUM = "would_break_quorum"
+SERVING = frozenset({"up", "partitioned", "agent_down"})
+"""Cluster-view statuses of a voter that still votes (as `agent.ha.peers.SERVING`)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -247,3 +249,65 @@ def upgrade_gate(verdict: Mapping[str, Any] | None, force: bool) -> str | None:
         f" ({numbers.get('needed')} needed, margin {numbers.get('margin')}, verdict {state});"
         " bring the other voters back first, or resend with force"
     )
+
+
+def join_gate(
+    verdicts: Sequence[Mapping[str, Any]], host: str, *, force: bool, worker: bool
+) -> str | None:
+    """Why joining the cluster at `host` must wait, or None when it may go ahead.
+
+    A control-plane join adds a dqlite member, a raft configuration change: etcd's rule is to
+    never add a member to a cluster that cannot tolerate a failure. So it is refused while any
+    voter is down or the margin is 0, judged from the verdict of the agent at `host` (else any
+    agent listing it). A cluster of one or two voters with all of them up is let through: dqlite
+    adds the newcomer as a spare and promotes it only once three nodes are online, and refusing
+    would make HA unreachable. Worker joins add no dqlite member and are never gated.
+    """
+    if force or worker:
+        return None
+    verdict = _verdict_for(verdicts, host)
+    if verdict is None:
+        return (
+            f"{WOULD_BREAK_QUORUM}: no agent of the cluster at {host} has published an HA"
+            " verdict, so its quorum cannot be checked; wait for one, or resend with force"
+        )
+    view = verdict.get("cluster") or verdict
+    numbers = view.get("quorum") or {}
+    state = view.get("verdict")
+    down = _down_voters(view)
+    if not down and state not in ("lost", "at_risk"):
+        return None
+    why = f"voter(s) {', '.join(down)} down" if down else f"verdict {state}"
+    return (
+        f"{WOULD_BREAK_QUORUM}: the cluster at {host} cannot take a membership change now"
+        f" ({why}; {numbers.get('reachable')} of {numbers.get('size')} voters reachable,"
+        f" {numbers.get('needed')} needed, margin {numbers.get('margin')}, as {verdict.get('node')}"
+        " reports); bring the voters back first, or resend with force"
+    )
+
+
+def _verdict_for(verdicts: Sequence[Mapping[str, Any]], host: str) -> Mapping[str, Any] | None:
+    def hosts(verdict: Mapping[str, Any]) -> set[str]:
+        entries = verdict.get("members") or ()
+        return {_host(e.get("address")) for e in entries if isinstance(e, Mapping)}
+
+    own = [v for v in verdicts if _host(v.get("address")) == host]
+    listing = [v for v in verdicts if host in hosts(v)]
+    return next(iter(own + listing), None)
+
+
+def _host(address: object) -> str:
+    return address.rpartition(":")[0].strip("[]") if isinstance(address, str) else ""
+
+
+def _down_voters(view: Mapping[str, Any]) -> list[str]:
+    """Voters not serving: by status in a cluster view, by `reachable` in a node's own view."""
+    down = []
+    for member in view.get("members") or ():
+        if not isinstance(member, Mapping) or member.get("role") != "voter":
+            continue
+        status = member.get("status")
+        serving = status in SERVING if status is not None else member.get("reachable") is True
+        if not serving:
+            down.append(str(member.get("node") or member.get("address")))
+    return down

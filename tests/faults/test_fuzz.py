@@ -103,7 +103,9 @@ def _args_as_sent(command: verbs.Command, sent: dict[str, Any]) -> verbs.Args:
     """What the accepted args must be: exactly the values sent, never normalised."""
     args = command.args
     if isinstance(args, verbs.JoinArgs):
-        return verbs.JoinArgs(url=sent["url"], worker=sent.get("worker", False))
+        return verbs.JoinArgs(
+            url=sent["url"], worker=sent.get("worker", False), force=sent.get("force", False)
+        )
     if isinstance(args, verbs.AddonArgs):
         values = tuple(sent.get("args", []))
         return verbs.AddonArgs(name=sent["name"], action=sent["action"], args=values)
