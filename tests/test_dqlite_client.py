@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from agent.ha import dqlite
+from agent.ha import dqlite, dqlite_wire
 from tests.dqlite_nodes import DqliteCluster, dqlite_cli, free_port, start_cluster
 
 
@@ -47,7 +47,7 @@ async def test_view_matches_the_dqlite_shell(three: DqliteCluster) -> None:
     ]
     described = await dqlite_cli(three.addresses, f".describe {follower}")
     _, domain, weight = described.strip().split("|")
-    assert view.metadata[follower] == dqlite.wire.Metadata(int(domain), int(weight))
+    assert view.metadata[follower] == dqlite_wire.Metadata(int(domain), int(weight))
     assert set(view.metadata) == set(three.addresses)
 
 
@@ -148,7 +148,7 @@ async def test_tls_with_the_cluster_certificate(three: DqliteCluster, tmp_path: 
     assert named is not None
     assert named.address == leader
     assert [m.address for m in members] == three.addresses
-    assert metadata == dqlite.wire.Metadata(0, 0)
+    assert metadata == dqlite_wire.Metadata(0, 0)
 
 
 async def test_a_foreign_certificate_makes_the_view_unusable_not_lost(
