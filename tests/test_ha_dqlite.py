@@ -19,6 +19,7 @@ import pytest
 from tests.cluster_fakes import write_backend_dir
 from tests.conftest import AgentProcess, Broker, agent_config, watch
 from tests.dqlite_nodes import DqliteCluster, start_cluster
+from tests.paths import MICROK8S_CLI
 
 pytestmark = pytest.mark.broker
 
@@ -33,6 +34,7 @@ HA_SETTINGS = {
 }
 ELECTION_BOUND_S = 30.0
 """Raft elects a new leader within ~5 s here (measured 4 s); agents see it one round later."""
+FIXTURES = str(MICROK8S_CLI)
 CAPTURE = os.environ.get("HA_CAPTURE")  # write the R/ha messages here (for docs/ha.md)
 
 
@@ -49,7 +51,9 @@ def start_agents(
     broker: Broker,
     cluster: DqliteCluster,
     names: tuple[str, ...] = NAMES,
-) -> None:
+) -> dict[str, Path]:
+    """One agent per name on the first nodes; returns each one's fake `microk8s` call log."""
+    logs = {}
     for name, address in zip(names, cluster.addresses, strict=False):
         home = tmp_path / name
         # cluster.yaml lists only this node: what a hand-started dqlite node leaves on disk.
@@ -60,15 +64,22 @@ def start_agents(
             node={"name": name},
             health={"interval_s": 5},
             ha=HA_SETTINGS,
-            microk8s={"backend_dir": str(backend)},
+            # The fake `microk8s` (tests/fakes) logs the auto-remove's remove-node calls.
+            microk8s={"backend_dir": str(backend), "backend": "cli", "cli": "microk8s"},
         )
-        spawn_agent(config)
+        logs[name] = home / "microk8s-calls.log"
+        spawn_agent(config, env={"FAKE_MICROK8S_LOG": str(logs[name]), "FAKE_FIXTURES": FIXTURES})
+    return logs
 
 
 def of(node: str, predicate: Callable[[dict[str, Any]], bool]) -> Callable[[str, Any], bool]:
     return lambda topic, payload: (
         topic.endswith(f"/{node}/ha") and isinstance(payload, dict) and predicate(payload)
     )
+
+
+def events(payload: dict[str, Any]) -> list[str]:
+    return [e["event"] for e in payload.get("events", [])]
 
 
 def voters(payload: dict[str, Any]) -> list[str]:
@@ -181,7 +192,7 @@ async def test_five_nodes_a_standby_is_promoted_and_the_verdict_follows(
         assert sorted(roles.values()) == ["stand-by", "stand-by", "voter", "voter", "voter"]
         names = tuple(f"pi-0{i}" for i in range(1, 6))
         async with watch(broker, HA) as w:
-            start_agents(spawn_agent, tmp_path, broker, five, names[:3])
+            logs = start_agents(spawn_agent, tmp_path, broker, five, names[:3])
             _, first = await w.wait_for(
                 of("pi-01", lambda p: p["source"] == "dqlite" and p["verdict"] == "healthy"),
                 timeout_s=ELECTION_BOUND_S,
@@ -191,10 +202,10 @@ async def test_five_nodes_a_standby_is_promoted_and_the_verdict_follows(
             readiness = first["readiness"]["factors"]["standby"]
             assert sorted(readiness["online_standby"]) == sorted(standbys)
             assert readiness["points"] == 20
-            # A voter that is not the leader crashes; within two roles rounds (30 s each)
-            # the leader promotes a stand-by and demotes the dead voter.
+            # A voter that is not the leader (nor pi-01's) crashes; within two roles rounds (30 s
+            # each) the leader promotes a stand-by, then demotes the dead voter to spare.
             leader = await five.leader()
-            victim = next(a for a, r in roles.items() if r == "voter" and a != leader)
+            victim = next(a for a in five.addresses[1:3] if roles[a] == "voter" and a != leader)
             five.node(victim).kill()
             mark = len(w.messages)
 
@@ -208,7 +219,19 @@ async def test_five_nodes_a_standby_is_promoted_and_the_verdict_follows(
                 )
 
             _, after = await w.wait_for(of("pi-01", promoted), timeout_s=150, after=mark)
+            # Now the dead member is a spare the live view still lists, the voters all answer
+            # (margin 1): auto-remove may act, once, on pi-01 (the lowest-named voter).
+            _, removed = await w.wait_for(
+                of("pi-01", lambda p: "auto_remove_succeeded" in events(p)), timeout_s=30
+            )
         live_roles = await five.roles()
+        dead_name = names[five.addresses.index(victim)]
+        assert events(removed)[0] == "auto_remove_refused"  # while the dead voter was a voter
+        assert events(removed)[-2:] == ["auto_remove_started", "auto_remove_succeeded"]
+        calls = [json.loads(line) for line in logs["pi-01"].read_text().splitlines()]
+        assert [c for c in calls if c[1] == "remove-node"] == [
+            ["microk8s", "remove-node", dead_name, "--force"]
+        ]
         for member in after["members"]:
             if member["address"] != victim:
                 wanted = live_roles[member["address"]].replace("stand-by", "standby")

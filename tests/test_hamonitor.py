@@ -130,11 +130,16 @@ async def test_published_retained_on_change_and_as_heartbeat(
     async with running_agent(settings_for(tmp_path, broker, members)):
         async with watch(broker, HA) as w:
             _, healthy = await w.wait_for(on_ha(lambda p: p["verdict"] == "healthy"))
+            # The readiness block changes once more when this node's first health sample lands.
+            if "pi-01" in healthy["readiness"]["factors"]["voter_risks"]["unknown"]:
+                _, healthy = await w.wait_for(on_ha(known_health), after=len(w.messages))
             first = len(w.messages)
             # Nothing changes: the next message is the same verdict again, as the heartbeat
             # (6 intervals of 0.3 s after the previous one), not one message per round.
             _, beat = await w.wait_for(on_ha(lambda p: True), after=first, timeout_s=5)
-            assert not quorum.changed(healthy, beat)
+            assert not quorum.changed(healthy, beat), [
+                (k, healthy[k], beat[k]) for k in healthy if healthy[k] != beat[k]
+            ]
             assert beat["ts"] - healthy["ts"] >= 6 * 0.3 - 0.1
             await members[1].stop_dqlite()
             _, changed = await w.wait_for(on_ha(lambda p: p["verdict"] == "at_risk"))
@@ -171,6 +176,10 @@ async def test_membership_falls_back_to_microk8s_status(
     assert any(
         r.startswith("membership from microk8s status: cannot read") for r in verdict["reasons"]
     )
+
+
+def known_health(verdict: dict[str, Any]) -> bool:
+    return "pi-01" not in verdict["readiness"]["factors"]["voter_risks"]["unknown"]
 
 
 def upgrade(force: bool = False) -> dict[str, Any]:
@@ -227,3 +236,32 @@ async def test_a_refresh_puts_the_node_in_maintenance(
             on_ha(lambda p: p["maintenance"] is False), after=len(w.messages)
         )
         assert after["maintenance_reason"] is None
+
+
+def join(host: str, **extra: Any) -> dict[str, Any]:
+    args = {"url": f"{host}:25000/{'a' * 32}", **extra}
+    return build_envelope("pi-01", "join", args, time.time())
+
+
+async def test_a_join_while_the_margin_is_zero_is_rejected_unless_forced(
+    tmp_path: Path, broker: Broker, members: list[FakeMember]
+) -> None:
+    async with (
+        watch(broker, f"{ROOT}/#") as w,
+        running_agent(settings_for(tmp_path, broker, members)),
+    ):
+        await w.wait_for(on_ha(lambda p: p["verdict"] == "at_risk"))
+        request = join(members[1].host)
+        await w.publish(f"{ROOT}/cmd", json.dumps(request), qos=1)
+        _, status = await w.wait_for(final_status(request["id"]))
+        assert status["status"] == "rejected"
+        assert status["error"].startswith(
+            f"would_break_quorum: the cluster at {members[1].host} cannot take a membership"
+            " change now (voter(s) "
+        )
+        assert "margin 0" in status["error"]
+        for extra in ({"force": True}, {"worker": True}):
+            allowed = join(members[1].host, **extra)
+            await w.publish(f"{ROOT}/cmd", json.dumps(allowed), qos=1)
+            _, status = await w.wait_for(final_status(allowed["id"]), timeout_s=15)
+            assert "would_break_quorum" not in (status.get("error") or ""), status

@@ -236,7 +236,9 @@ class HaMonitor:
         """One log event per change: the live view lost or back, a new leader."""
         note = view.unusable or view.error
         if note != self._live_note:
-            if note:
+            if view.unusable:
+                log.warning("ha_dqlite_unavailable", error=note)
+            elif note:
                 log.warning("ha_dqlite_no_leader", error=note)
             else:
                 log.info("ha_dqlite_answered", members=len(view.members))

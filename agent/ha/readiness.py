@@ -58,7 +58,8 @@ def risk_flags(
     throttled = system.get("throttled")
     if isinstance(throttled, Mapping):
         flags += [words for key, words in PI_FLAGS.items() if throttled.get(key) is True]
-    for disk in system.get("disks") or ():
+    disks = system.get("disks")
+    for disk in disks if isinstance(disks, list) else ():
         percent = disk.get("percent") if isinstance(disk, Mapping) else None
         if isinstance(percent, int | float) and percent >= disk_warn_percent:
             flags.append(f"disk {disk.get('mount')} {percent:g}% full")
