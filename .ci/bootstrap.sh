@@ -39,6 +39,9 @@ if [ "$want_tests" = "test" ]; then
     have systemd-analyze || apt_install systemd || true
     have openssl || apt_install openssl || true
     have unshare || apt_install util-linux || true
+    # Real dqlite for the HA tests (tests/dqlite_nodes.py): go-dqlite ships dqlite-demo and the
+    # dqlite shell (Debian/Ubuntu package go-dqlite, with libdqlite0).
+    have dqlite-demo && have dqlite || apt_install go-dqlite || true
     # libfaketime moves the agent's wall clock in tests/faults (clock jumps).
     dpkg -L libfaketime 2>/dev/null | grep -q 'libfaketime.so.1$' || apt_install faketime || true
 fi

@@ -30,9 +30,9 @@ JOIN_TIMEOUT_S = 60.0
 
 
 def require_dqlite() -> None:
-    """Skip when go-dqlite is missing (`.ci/bootstrap.sh test` installs it)."""
+    """Fail (not skip: these tests are the proof) when go-dqlite is missing."""
     if shutil.which(DEMO) is None or shutil.which(SHELL) is None:
-        pytest.skip("go-dqlite (dqlite-demo, dqlite) is not installed")
+        pytest.fail("go-dqlite (dqlite-demo, dqlite) is not installed: run `.ci/bootstrap.sh test`")
 
 
 def free_port(host: str) -> int:

@@ -59,7 +59,8 @@ def build_envelope(node: str, verb: str, args: Mapping[str, Any], now: float) ->
 def verb_args(ns: argparse.Namespace) -> dict[str, Any]:
     """The `args` object of the envelope from the parsed command line."""
     if ns.verb == "join":
-        return {"url": ns.url, "worker": ns.worker}
+        # `force` only when asked: it skips the HA gate (a join while quorum has no margin).
+        return {"url": ns.url, "worker": ns.worker} | ({"force": True} if ns.force else {})
     if ns.verb == "addon":
         return {"name": ns.name, "action": ns.action, "args": list(ns.addon_args)}
     if ns.verb == "upgrade":
@@ -212,9 +213,12 @@ def _add_send(sub: Subparsers) -> None:
     addon.add_argument("action", choices=["enable", "disable"], help="enable or disable")
     addon.add_argument("name", help="addon name, e.g. dns or community/argocd")
     addon.add_argument("addon_args", nargs="*", metavar="ARGS", help="addon arguments")
-    join = verbs.add_parser("join", help="join URL [--worker]")
+    join = verbs.add_parser("join", help="join URL [--worker] [--force]")
     join.add_argument("url", help="IPv4:PORT/TOKEN[/FINGERPRINT] from microk8s add-node")
     join.add_argument("--worker", action="store_true", help="join as a worker node")
+    join.add_argument(
+        "--force", action="store_true", help="join even while the cluster's quorum has no margin"
+    )
     upgrade = verbs.add_parser("upgrade", help="upgrade CHANNEL [--no-drain] [--force]")
     upgrade.add_argument("channel", help="snap channel, e.g. 1.33/stable")
     upgrade.add_argument("--no-drain", action="store_true", help="do not cordon and drain first")
