@@ -237,5 +237,7 @@ async def test_five_nodes_a_standby_is_promoted_and_the_verdict_follows(
                 wanted = live_roles[member["address"]].replace("stand-by", "standby")
                 assert member["role"] == wanted
         assert after["quorum"] == {"size": 3, "reachable": 3, "needed": 2, "ok": True, "margin": 1}
+        if CAPTURE:
+            Path(f"{CAPTURE}.events").write_text(json.dumps(removed["events"]))
     finally:
         five.stop()

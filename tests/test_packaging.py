@@ -93,6 +93,11 @@ def test_snapcraft_yaml_is_the_design() -> None:
     assert project["plugs"]["dqlite-backend"]["read"] == [
         "/var/snap/microk8s/current/var/kubernetes/backend"
     ]
+    # system-files grants a directory recursively; it must be the one the agent reads
+    # cluster.yaml and the live view's cluster.crt/cluster.key from.
+    from agent.settings import MicroK8sSettings
+
+    assert project["plugs"]["dqlite-backend"]["read"] == [MicroK8sSettings().backend_dir]
     assert project["parts"]["agent"]["python-requirements"] == ["snap/requirements.txt"]
 
 
