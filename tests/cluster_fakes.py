@@ -37,22 +37,25 @@ def loopback_block() -> str:
     return f"127.{random.randint(100, 250)}.{random.randint(1, 250)}"
 
 
-def self_signed(tmp: Path) -> ssl.SSLContext:
-    """An HTTPS server context with a throwaway certificate (the cluster agent's is self-signed)."""
+def write_self_signed(
+    cert_path: Path, key_path: Path, common_name: str, *, sans: list[x509.GeneralName] | None = None
+) -> None:
+    """A throwaway self-signed certificate and its key (PEM), valid from yesterday for 10 years."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
+        .not_valid_after(now + datetime.timedelta(days=3650))
     )
-    cert_path, key_path = tmp / "server.crt", tmp / "server.key"
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(key, hashes.SHA256())
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
         key.private_bytes(
@@ -61,6 +64,12 @@ def self_signed(tmp: Path) -> ssl.SSLContext:
             serialization.NoEncryption(),
         )
     )
+
+
+def self_signed(tmp: Path) -> ssl.SSLContext:
+    """An HTTPS server context with a throwaway certificate (the cluster agent's is self-signed)."""
+    cert_path, key_path = tmp / "server.crt", tmp / "server.key"
+    write_self_signed(cert_path, key_path, "127.0.0.1")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_path, key_path)
     return context

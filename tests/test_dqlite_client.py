@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -18,11 +17,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from agent.ha import dqlite, dqlite_wire
+from tests.cluster_fakes import write_self_signed
 from tests.dqlite_nodes import DqliteCluster, dqlite_cli, free_port, start_cluster
 
 
@@ -65,33 +62,13 @@ async def test_unknown_members_only_give_a_no_leader_error() -> None:
 
 
 def write_cluster_cert(backend: Path) -> Path:
-    """A self-signed pair like MicroK8s' (RSA, CN, DNS and IP SANs) as cluster.crt/cluster.key."""
+    """A self-signed pair with MicroK8s' names and SANs, as cluster.crt/cluster.key."""
     backend.mkdir(parents=True, exist_ok=True)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "k8s")])
-    now = datetime.datetime.now(datetime.UTC)
-    san = x509.SubjectAlternativeName(
-        [x509.DNSName("dqlite"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(san, critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    (backend / dqlite.CERT_FILE).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (backend / dqlite.KEY_FILE).write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("dqlite"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    write_self_signed(backend / dqlite.CERT_FILE, backend / dqlite.KEY_FILE, "k8s", sans=sans)
     return backend
 
 

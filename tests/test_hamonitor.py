@@ -192,7 +192,19 @@ def final_status(command_id: str) -> Callable[[str, Any], bool]:
     return lambda t, p: t == f"{ROOT}/cmd/{command_id}" and p.get("status") in terminal
 
 
-async def test_upgrade_of_a_voter_with_no_margin_is_rejected(
+def join(host: str, **extra: Any) -> dict[str, Any]:
+    args = {"url": f"{host}:25000/{'a' * 32}", **extra}
+    return build_envelope("pi-01", "join", args, time.time())
+
+
+async def outcome(w: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """Send a command to pi-01 and return its terminal status."""
+    await w.publish(f"{ROOT}/cmd", json.dumps(request), qos=1)
+    _, status = await w.wait_for(final_status(request["id"]), timeout_s=15)
+    return dict(status)
+
+
+async def test_upgrade_and_join_with_no_margin_are_rejected_unless_forced(
     tmp_path: Path, broker: Broker, members: list[FakeMember]
 ) -> None:
     async with (
@@ -200,19 +212,26 @@ async def test_upgrade_of_a_voter_with_no_margin_is_rejected(
         running_agent(settings_for(tmp_path, broker, members)),
     ):
         await w.wait_for(on_ha(lambda p: p["verdict"] == "at_risk"))
-        request = upgrade()
-        await w.publish(f"{ROOT}/cmd", json.dumps(request), qos=1)
-        _, status = await w.wait_for(final_status(request["id"]))
+        status = await outcome(w, upgrade())
         assert status["status"] == "rejected"
         assert status["error"].startswith("would_break_quorum: this node is a voter")
         assert (
             "2 of 3 voters are reachable (2 needed, margin 0, verdict at_risk)" in status["error"]
         )
-        forced = upgrade(force=True)
-        await w.publish(f"{ROOT}/cmd", json.dumps(forced), qos=1)
-        _, status = await w.wait_for(final_status(forced["id"]), timeout_s=15)
+        status = await outcome(w, upgrade(force=True))
         assert status["status"] != "rejected"
         assert "would_break_quorum" not in (status.get("error") or "")
+        # A control-plane join into the cluster at a member's IP: the same rule (docs/ha.md).
+        status = await outcome(w, join(members[1].host))
+        assert status["status"] == "rejected"
+        assert status["error"].startswith(
+            f"would_break_quorum: the cluster at {members[1].host} cannot take a membership"
+            " change now (voter(s) "
+        )
+        assert "margin 0" in status["error"]
+        for extra in ({"force": True}, {"worker": True}):
+            status = await outcome(w, join(members[1].host, **extra))
+            assert "would_break_quorum" not in (status.get("error") or ""), status
 
 
 async def test_a_refresh_puts_the_node_in_maintenance(
@@ -236,32 +255,3 @@ async def test_a_refresh_puts_the_node_in_maintenance(
             on_ha(lambda p: p["maintenance"] is False), after=len(w.messages)
         )
         assert after["maintenance_reason"] is None
-
-
-def join(host: str, **extra: Any) -> dict[str, Any]:
-    args = {"url": f"{host}:25000/{'a' * 32}", **extra}
-    return build_envelope("pi-01", "join", args, time.time())
-
-
-async def test_a_join_while_the_margin_is_zero_is_rejected_unless_forced(
-    tmp_path: Path, broker: Broker, members: list[FakeMember]
-) -> None:
-    async with (
-        watch(broker, f"{ROOT}/#") as w,
-        running_agent(settings_for(tmp_path, broker, members)),
-    ):
-        await w.wait_for(on_ha(lambda p: p["verdict"] == "at_risk"))
-        request = join(members[1].host)
-        await w.publish(f"{ROOT}/cmd", json.dumps(request), qos=1)
-        _, status = await w.wait_for(final_status(request["id"]))
-        assert status["status"] == "rejected"
-        assert status["error"].startswith(
-            f"would_break_quorum: the cluster at {members[1].host} cannot take a membership"
-            " change now (voter(s) "
-        )
-        assert "margin 0" in status["error"]
-        for extra in ({"force": True}, {"worker": True}):
-            allowed = join(members[1].host, **extra)
-            await w.publish(f"{ROOT}/cmd", json.dumps(allowed), qos=1)
-            _, status = await w.wait_for(final_status(allowed["id"]), timeout_s=15)
-            assert "would_break_quorum" not in (status.get("error") or ""), status
