@@ -33,6 +33,7 @@ def test_defaults_work_without_a_file() -> None:
     assert settings.commands.allow_unsigned is False
     assert settings.commands.queue_size == 8
     assert settings.microk8s.backend == "auto"
+    assert settings.ha.dqlite_tls is True
     assert settings.root_topic == f"microk8s/default/nodes/{settings.node.name}"
 
 
@@ -80,6 +81,7 @@ def test_file_values_and_environment_overrides(tmp_path: Path) -> None:
             "$EDGE_AGENT_HEALTH_INTERVAL_S: expected a number",
         ),
         ("[mqtt\n", {}, "not valid TOML"),
+        ("", {"EDGE_AGENT_HA_DQLITE_TLS": "maybe"}, "expected true or false"),
     ],
 )
 def test_each_problem_is_named(tmp_path: Path, text: str, env: dict[str, str], needle: str) -> None:
