@@ -80,6 +80,7 @@ class Agent:
             reconnects_total=link.reconnects_total,
             outbox_size=link.outbox_size,
             last_error=link.last_error,
+            dropped_total=link.dropped_total,
         )
 
     def _dead_tasks(self) -> list[str]:

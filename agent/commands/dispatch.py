@@ -2,10 +2,11 @@
 
 The intake task checks each request in order (readable id → known id → signature → envelope →
 arguments → availability and policy → journal → queue) and answers the cheap cases itself:
-rejections, duplicates and the read-only `status`. Mutating commands are journaled (fsync'd) and
-acknowledged `accepted`, then wait in a bounded queue for the single worker, which runs them one at
-a time. Statuses go to `R/cmd/{id}` and to an allowed MQTT 5 Response Topic, through the link's
-outbox so that results published during a broker outage are delivered after the reconnect.
+rejections, duplicates and the read-only `status` and `rebirth`. Mutating commands are journaled
+(fsync'd) and acknowledged `accepted`, then wait in a bounded queue for the single worker, which
+runs them one at a time. Statuses go to `R/cmd/{id}` and to an allowed MQTT 5 Response Topic,
+through the link's outbox so that results published during a broker outage are delivered after
+the reconnect.
 
 A rejection after a valid signature is recorded like any terminal status, so a replay of a signed
 request can never run later. A rejection before it is not: a forged message must not be able to
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from agent.commands.journal import Journal
 from agent.commands.signing import Verifier
 from agent.commands.statuses import Reply, StatusSink
 from agent.commands.wire import Decoded, Rejected, Status
-from agent.errors import StateError
+from agent.errors import StateError, TransportError
 from agent.health.state import AgentState
 from agent.link.mqtt import Inbound, Link
 from agent.link.topics import Topics
@@ -45,6 +46,8 @@ INBOX_LIMIT = 1024
 """Requests waiting for the intake; beyond this (a flood) they are dropped and logged."""
 NOT_STARTED = "not started: the agent shut down before the command's turn; send it again"
 SHUTTING_DOWN = "the agent is shutting down; send the command again after it restarts"
+REBIRTH_INTERVAL_S = 5.0
+"""At most one `rebirth` per this many seconds: each one re-publishes three retained messages."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,6 +74,7 @@ class Dispatcher:
         state: AgentState,
         request_publish: Callable[[], None],
         facts: Callable[[], MicroK8sFacts | None],
+        rebirth: Callable[[], Awaitable[None]],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -82,6 +86,8 @@ class Dispatcher:
         self._state = state
         self._request_publish = request_publish
         self._facts = facts
+        self._rebirth = rebirth
+        self._last_rebirth: float | None = None
         self._clock = clock
         self._limits = wire.Limits(topics.node, settings.max_age_s, settings.clock_skew_s)
         self._inbox: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=INBOX_LIMIT)
@@ -123,8 +129,10 @@ class Dispatcher:
 
     async def _admit(self, inbound: Inbound) -> None:
         reply = self._sink.reply_for(inbound)
-        if inbound.retain and not inbound.payload:
-            log.debug("command_retained_clear_ignored", topic=inbound.topic)
+        if not inbound.payload:
+            # Clearing a retained command. MQTT 3.1.1 delivers that clear to a live subscriber
+            # without the retain flag, so an empty payload is ignored whatever the flag says.
+            log.debug("command_empty_ignored", topic=inbound.topic, retain=inbound.retain)
             return
         try:
             decoded = wire.decode(inbound.payload)
@@ -136,7 +144,7 @@ class Dispatcher:
             log.info("command_duplicate", command_id=decoded.command_id)
             await self._sink.publish({**known, "duplicate": True}, reply)
             return
-        mutating = decoded.verb_text != wire.Verb.STATUS
+        mutating = decoded.verb_text not in wire.READ_ONLY
         reason = self._verifier.authenticate(
             decoded.body, mutating=mutating, allow_unsigned=self._settings.allow_unsigned
         )
@@ -150,12 +158,23 @@ class Dispatcher:
             return
         if command.verb is wire.Verb.STATUS:
             await self._answer_status(command, reply)
+        elif command.verb is wire.Verb.REBIRTH:
+            await self._answer_rebirth(command, reply)
         else:
             await self._enqueue(command, reply)
 
     def _validate(self, decoded: Decoded, *, retained: bool) -> verbs.Command:
         """Every check that needs no I/O; raises Rejected."""
-        command = verbs.read_request(decoded, self._limits, self._clock(), retained=retained)
+        now = self._clock()
+        command = verbs.read_request(decoded, self._limits, now, retained=retained)
+        if command.verb is wire.Verb.REBIRTH:
+            wait = rebirth_wait(self._last_rebirth, now)
+            if wait > 0:
+                raise Rejected(
+                    f"rebirth: at most one per {REBIRTH_INTERVAL_S:g} s; send it again in"
+                    f" {wait:.1f} s"
+                )
+            self._last_rebirth = now
         if command.verb.mutating:
             reason = self.executor.unavailable()
             if reason is None and isinstance(command.args, verbs.UpgradeArgs):
@@ -174,6 +193,21 @@ class Dispatcher:
         result = {"health": self._state.last_health, "ha": self._state.last_ha}
         done = self._status(command, Status.SUCCEEDED, result=result)
         await self._sink.emit(done, reply, until, durable=False)
+
+    async def _answer_rebirth(self, command: verbs.Command, reply: Reply | None) -> None:
+        """Re-publish birth, health and HA (same session), then answer."""
+        until = wire.replay_horizon(command.envelope.expires_at, self._limits)
+        accepted = self._status(command, Status.ACCEPTED)
+        await self._sink.emit(accepted, reply, until, durable=False)
+        try:
+            await self._rebirth()
+        except TransportError as exc:
+            final = self._status(command, Status.FAILED, error=f"rebirth not published: {exc}")
+        else:
+            final = self._status(command, Status.SUCCEEDED)
+        # A fresh sample follows the re-sent one, so the consumer also gets current figures.
+        self._request_publish()
+        await self._sink.emit(final, reply, until, durable=False)
 
     async def _enqueue(self, command: verbs.Command, reply: Reply | None) -> None:
         decoded = Decoded(command.id, {"verb": command.verb.value})
@@ -224,7 +258,7 @@ class Dispatcher:
         if record:
             # The request's own window may be unreadable; this bound covers every valid one.
             until = now + self._limits.max_age_s + 2 * self._limits.clock_skew_s
-            durable = decoded.verb_text != wire.Verb.STATUS
+            durable = decoded.verb_text not in wire.READ_ONLY
             await self._sink.record(status, until, durable=durable)
         await self._sink.publish(status, reply)
 
@@ -324,6 +358,16 @@ class Dispatcher:
         return mask_join_urls(mask_secrets(text, secrets))
 
 
+def rebirth_wait(last: float | None, now: float) -> float:
+    """Seconds until the next `rebirth` is allowed (0 when it is allowed now).
+
+    Never more than the interval, so a wall clock stepped back cannot block rebirths for long.
+    """
+    if last is None:
+        return 0.0
+    return min(REBIRTH_INTERVAL_S, max(0.0, last + REBIRTH_INTERVAL_S - now))
+
+
 def build(
     settings: Settings,
     *,
@@ -350,6 +394,7 @@ def build(
         state=state,
         request_publish=request_publish,
         facts=facts,
+        rebirth=link.rebirth,
     )
     link.subscribe(topics.cmd, 1, dispatcher.offer)
     return dispatcher

@@ -67,7 +67,12 @@ class StatusArgs:
     pass
 
 
-Args = JoinArgs | AddonArgs | UpgradeArgs | StatusArgs
+@dataclasses.dataclass(frozen=True, slots=True)
+class RebirthArgs:
+    pass
+
+
+Args = JoinArgs | AddonArgs | UpgradeArgs | StatusArgs | RebirthArgs
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,6 +120,7 @@ def parse(envelope: Envelope) -> Command:
         Verb.ADDON: checker.addon,
         Verb.UPGRADE: checker.upgrade,
         Verb.STATUS: checker.status,
+        Verb.REBIRTH: checker.rebirth,
     }
     return Command(envelope, parsers[envelope.verb]())
 
@@ -200,9 +206,16 @@ class _Checker:
         )
 
     def status(self) -> StatusArgs:
-        if self._args:
-            raise self.reject('status takes no args (send "args": {})')
+        self._no_args()
         return StatusArgs()
+
+    def rebirth(self) -> RebirthArgs:
+        self._no_args()
+        return RebirthArgs()
+
+    def _no_args(self) -> None:
+        if self._args:
+            raise self.reject(f'{self._env.verb.value} takes no args (send "args": {{}})')
 
 
 def _valid_join_url(url: str) -> bool:

@@ -21,7 +21,13 @@ from typing import Any
 from agent.errors import AgentError
 
 MAX_PAYLOAD_BYTES = 64 * 1024
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+# Every broker carries these characters in a topic level (`R/cmd/{id}`): NATS refuses `.` and
+# ` ` (and closes the connection), RabbitMQ turns `.` into `/`, `:` is unsafe in NATS subjects.
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+ID_RULE = (
+    "1-64 characters of A-Z a-z 0-9 _ - starting with a letter or digit"
+    " (it becomes a topic level that every broker must carry)"
+)
 ENVELOPE_VERSION = 1
 REQUIRED_FIELDS = frozenset({"v", "id", "verb", "target", "args", "issued_at"})
 OPTIONAL_FIELDS = frozenset({"expires_at", "key_id", "sig"})
@@ -33,11 +39,16 @@ class Verb(enum.StrEnum):
     ADDON = "addon"
     UPGRADE = "upgrade"
     STATUS = "status"
+    REBIRTH = "rebirth"
 
     @property
     def mutating(self) -> bool:
         """Join, addon and upgrade change the node: signed, journaled, queued."""
-        return self is not Verb.STATUS
+        return self.value not in READ_ONLY
+
+
+READ_ONLY = frozenset({"status", "rebirth"})
+"""Verbs that change nothing: unsigned allowed, answered by the intake, never journaled."""
 
 
 VERBS = frozenset(v.value for v in Verb)
@@ -127,10 +138,7 @@ def decode(payload: bytes) -> Decoded:
         raise Rejected(f"payload must be a JSON object, not {_json_type(body)}")
     command_id = body.get("id")
     if not isinstance(command_id, str) or not ID_RE.fullmatch(command_id):
-        raise Rejected(
-            "missing or invalid id: it must be a string of 1-64 characters [A-Za-z0-9._:-]"
-            " starting with a letter or digit"
-        )
+        raise Rejected(f"missing or invalid id: it must be a string of {ID_RULE}")
     return Decoded(command_id, body)
 
 

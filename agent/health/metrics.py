@@ -52,6 +52,11 @@ def _link_metrics(state: AgentState) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "edge_agent_mqtt_reconnects", "Reconnections after the first", value=link.reconnects_total
     )
+    yield CounterMetricFamily(
+        "edge_agent_mqtt_messages_dropped",
+        "Messages dropped as poison: refused by the broker, or lost with the connection",
+        value=link.dropped_total,
+    )
     yield GaugeMetricFamily(
         "edge_agent_mqtt_outbox_messages", "Statuses waiting for the broker", value=link.outbox_size
     )

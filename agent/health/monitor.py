@@ -130,7 +130,8 @@ class HealthMonitor:
         h = self._settings.health
         disks = h.disk_paths[:1] if "extra-disks" in self._state.shed_collectors else h.disk_paths
         system = await asyncio.to_thread(self._collect, disks, Path(h.sysfs_root))
-        agent_figures = sysinfo.process_figures()
+        # The link's poison count rides in the agent block: a dropped status is worth a look.
+        agent_figures = {**sysinfo.process_figures(), "mqtt_dropped": self._link.dropped_total}
         facts = self._facts.to_health() if self._facts else _unknown_microk8s()
         link = self._link
         if link.session != self._seq_session:

@@ -24,6 +24,8 @@ class LinkView:
     reconnects_total: int = 0
     outbox_size: int = 0
     last_error: str | None = None
+    dropped_total: int = 0
+    """Messages given up as poison (refused, or lost with the connection POISON_ATTEMPTS times)."""
 
 
 @dataclasses.dataclass(slots=True)

@@ -5,6 +5,13 @@ number, a retained `online` birth after every (re)connect, and a clean `offline`
 reconnects forever with full-jitter exponential backoff, re-subscribes after each connect, and
 keeps an in-memory outbox so command statuses published while the broker is away are delivered
 after the reconnect. aiomqtt/paho exceptions never leave this module.
+
+Birth means ready (Sparkplug B's rule): after each connect the link first subscribes to every
+topic it consumes and waits for the SUBACKs, then publishes the birth, then the outbox and the
+connect hooks (health, HA). A controller that sends a command the moment it sees `online` is
+therefore always heard. A message that the broker refuses, or that costs the connection (NATS
+closes it for a topic it cannot map), is retried on at most POISON_ATTEMPTS connections, then
+dropped and counted, so it never blocks the messages behind it.
 """
 
 from __future__ import annotations
@@ -44,6 +51,12 @@ PUBLISH_TIMEOUT_S = 10.0
 # paho leaves Nagle's algorithm on: a status published right after the PUBACK of the command then
 # waits for the broker's delayed ACK (40 ms on Linux) on every request/response hop.
 NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+# A queued message is tried on at most this many connections before it is dropped as poison.
+POISON_ATTEMPTS = 3
+PROTOCOL_HINT = (
+    "the broker may not speak MQTT 5 (RabbitMQ 3.10 and NATS 2.9 do not): set mqtt.protocol = 3"
+)
+UNSUPPORTED_PROTOCOL = ("unsupported protocol version", "unacceptable protocol version")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,6 +82,38 @@ class _Outgoing:
     qos: int
     retain: bool
     correlation_data: bytes | None
+    attempts: int = 0
+    """Connections on which this message was in flight when the publish failed."""
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, told two things it ignores: a close during CONNECT and a refused PUBACK.
+
+    aiomqtt 2.5 waits its whole connect timeout when the broker closes the socket before CONNACK
+    (RabbitMQ 3.10 does that to an MQTT 5 CONNECT within milliseconds), and treats a PUBACK with
+    a failure reason code (MQTT 5) as success. Both hooks override aiomqtt callbacks; the
+    version range is pinned in pyproject.toml and tests/test_link_session.py covers both.
+    """
+
+    def __init__(self, *args: Any, on_refused: Callable[[str, str], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_refused = on_refused
+
+    def _on_disconnect(self, client: Any, userdata: Any, *rest: Any) -> None:
+        if not self._connected.done():
+            self._connected.set_exception(
+                aiomqtt.MqttError("the broker closed the connection during CONNECT")
+            )
+            return
+        super()._on_disconnect(client, userdata, *rest)
+
+    def _on_publish(
+        self, client: Any, userdata: Any, mid: int, reason_code: Any, *rest: Any
+    ) -> None:
+        if getattr(reason_code, "is_failure", False):
+            pending = getattr(client, "_out_messages", {}).get(mid)
+            self._on_refused(str(getattr(pending, "topic", "?")), str(reason_code))
+        super()._on_publish(client, userdata, mid, reason_code, *rest)
 
 
 class Link:
@@ -98,18 +143,53 @@ class Link:
         self.ever_connected = False
         self.published_total = 0
         self.publish_failures_total = 0
+        self.dropped_total = 0
         self.reconnects_total = 0
         self.last_error: str | None = None
+        # The last retained payload per topic (health, ha), re-sent by `rebirth()`.
+        self._retained: dict[str, bytes] = {}
 
     # -- registration -------------------------------------------------------------------
 
     def subscribe(self, topic_filter: str, qos: int, handler: Handler) -> None:
-        """Register a subscription; it is (re)issued on every connect."""
+        """Register a subscription; it is (re)issued, before the birth, on every connect."""
         self._subscriptions.append((topic_filter, qos, handler))
+
+    async def follow(self, topic_filter: str, qos: int, handler: Handler) -> None:
+        """Register a subscription at run time and, when connected, issue it now.
+
+        Idempotent per filter. A failure now is not raised: the next connect issues it again.
+        """
+        if any(known == topic_filter for known, _, _ in self._subscriptions):
+            return
+        self._subscriptions.append((topic_filter, qos, handler))
+        client = self._client
+        if client is not None and self.connected:
+            try:
+                await self._subscribe(client, topic_filter, qos)
+            except TransportError as exc:
+                log.warning("mqtt_subscribe_failed", topic=topic_filter, error=str(exc))
 
     def on_connect(self, hook: ConnectHook) -> None:
         """Run `hook` after the birth message on every connect (e.g. publish health now)."""
         self._connect_hooks.append(hook)
+
+    async def rebirth(self) -> None:
+        """Re-publish the birth and the last retained health and HA under the same session.
+
+        For the `rebirth` command: a consumer that saw a `seq` gap or joined late gets the
+        retained view now instead of after an interval.
+
+        Raises:
+            TransportError: not connected, or a publish failed.
+        """
+        client = self._client
+        if client is None or not self.connected:
+            raise TransportError("not connected to the broker")
+        await self._send(client, self._birth())
+        for topic, payload in list(self._retained.items()):
+            await self._send(client, _Outgoing(topic, payload, 1, True, None))
+        log.info("mqtt_rebirth", session=self.session, retained=len(self._retained) + 1)
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -137,9 +217,11 @@ class Link:
             raise TransportError("not connected to the broker")
         try:
             await self._send(client, message)
-        except TransportError:
+        except TransportError as exc:
             if queue_if_offline:
-                self._outbox.append(message)
+                message.attempts += 1
+                if not self._poisoned(message, str(exc)):
+                    self._outbox.append(message)
                 return False
             raise
         return True
@@ -162,11 +244,40 @@ class Link:
             self.publish_failures_total += 1
             raise TransportError(f"publish to {message.topic} failed: {exc}") from exc
         self.published_total += 1
+        if message.retain and message.topic != self._topics.state:
+            self._retained[message.topic] = message.payload
 
     async def _flush_outbox(self, client: aiomqtt.Client) -> None:
         while self._outbox:
-            await self._send(client, self._outbox[0])
-            self._outbox.popleft()
+            message = self._outbox[0]
+            try:
+                await self._send(client, message)
+            except TransportError as exc:
+                message.attempts += 1
+                if (
+                    self._poisoned(message, str(exc))
+                    and self._outbox
+                    and self._outbox[0] is message
+                ):
+                    self._outbox.popleft()
+                raise
+            if self._outbox and self._outbox[0] is message:
+                self._outbox.popleft()
+
+    def _poisoned(self, message: _Outgoing, error: str) -> bool:
+        """True (logged and counted) once `message` failed on POISON_ATTEMPTS connections."""
+        if message.attempts < POISON_ATTEMPTS:
+            return False
+        self._drop(message.topic, f"failed on {message.attempts} connections: {error}")
+        return True
+
+    def _drop(self, topic: str, reason: str) -> None:
+        self.dropped_total += 1
+        log.error("mqtt_message_dropped", topic=topic, reason=reason, dropped=self.dropped_total)
+
+    def _refused(self, topic: str, reason: str) -> None:
+        """The broker answered a publish with a failure reason code: the message is gone."""
+        self._drop(topic, f"refused by the broker: {reason}")
 
     @property
     def outbox_size(self) -> int:
@@ -198,7 +309,13 @@ class Link:
                 break
             delay = backoff_delay(attempt)
             attempt += 1
-            log.info("mqtt_reconnect_scheduled", delay_s=round(delay, 2), attempt=attempt)
+            log.info(
+                "mqtt_reconnect_scheduled",
+                host=self._settings.host,
+                port=self._settings.port,
+                delay_s=round(delay, 2),
+                attempt=attempt,
+            )
             await self._backoff(delay)
 
     async def _backoff(self, delay: float) -> None:
@@ -221,7 +338,7 @@ class Link:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=min(PROBE_INTERVAL_S, remaining))
             if await self._broker_reachable():
-                log.info("mqtt_broker_back", host=self._settings.host)
+                log.info("mqtt_broker_back", host=self._settings.host, port=self._settings.port)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._stop.wait(), timeout=random.uniform(0, RECONNECT_JITTER_S)
@@ -241,10 +358,13 @@ class Link:
         return True
 
     def _note_failure(self, error: str) -> None:
-        if self.connected:
-            log.warning("mqtt_disconnected", error=error, session=self.session)
+        where = {"host": self._settings.host, "port": self._settings.port}
+        if self._client is not None:
+            log.warning("mqtt_disconnected", error=error, session=self.session, **where)
+        elif self._settings.protocol == 5 and _protocol_refused(error):
+            log.error("mqtt_connect_failed", error=error, hint=PROTOCOL_HINT, **where)
         else:
-            log.warning("mqtt_connect_failed", error=error, host=self._settings.host)
+            log.warning("mqtt_connect_failed", error=error, **where)
         self.last_error = error
 
     async def _serve(self, session: int) -> None:
@@ -272,43 +392,63 @@ class Link:
                 await asyncio.gather(reader, return_exceptions=False)
 
     def _mark_connected(self, client: aiomqtt.Client, session: int) -> None:
+        """CONNACK received: the session is this one (`connected` waits for the birth)."""
         self._client = client
         self.session = session
         self._last_session = session
         if self.ever_connected:
             self.reconnects_total += 1
         self.ever_connected = True
-        self.connected = True
         self.last_error = None
         self._persist_session(session)
         log.info(
             "mqtt_connected", host=self._settings.host, port=self._settings.port, session=session
         )
 
-    async def _after_connect(self, client: aiomqtt.Client) -> None:
+    def _birth(self) -> _Outgoing:
         birth = presence_payload("online", self.session, self._version)
-        await self._send(client, _Outgoing(self._topics.state, birth, 1, True, None))
-        for topic_filter, qos, _ in self._subscriptions:
+        return _Outgoing(self._topics.state, birth, 1, True, None)
+
+    async def _after_connect(self, client: aiomqtt.Client) -> None:
+        """Subscriptions (SUBACKs awaited), birth, outbox, hooks: in that order, see above."""
+        for topic_filter, qos, _ in list(self._subscriptions):
             await self._subscribe(client, topic_filter, qos)
+        await self._send(client, self._birth())
+        self.connected = True
         await self._flush_outbox(client)
         for hook in self._connect_hooks:
             await hook()
 
     async def _subscribe(self, client: aiomqtt.Client, topic_filter: str, qos: int) -> None:
+        """SUBSCRIBE and wait for the SUBACK; a refused filter is logged, not fatal."""
         try:
             if self._settings.protocol == 5:
                 options = SubscribeOptions(qos=qos, retainAsPublished=True)
-                await client.subscribe(topic_filter, options=options, timeout=PUBLISH_TIMEOUT_S)
+                granted = await client.subscribe(
+                    topic_filter, options=options, timeout=PUBLISH_TIMEOUT_S
+                )
             else:
-                await client.subscribe(topic_filter, qos=qos, timeout=PUBLISH_TIMEOUT_S)
+                granted = await client.subscribe(topic_filter, qos=qos, timeout=PUBLISH_TIMEOUT_S)
         except aiomqtt.MqttError as exc:
             raise TransportError(f"subscribe to {topic_filter} failed: {exc}") from exc
+        refused = [str(code) for code in granted or () if _is_failure(code)]
+        if refused:
+            log.error(
+                "mqtt_subscription_refused",
+                topic=topic_filter,
+                reason=", ".join(refused),
+                host=self._settings.host,
+                port=self._settings.port,
+            )
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             inbound = to_inbound(message)
+            # Overlapping filters (a wildcard and an exact topic) call each handler once.
+            called: list[Handler] = []
             for topic_filter, _, handler in self._subscriptions:
-                if message.topic.matches(topic_filter):
+                if handler not in called and message.topic.matches(topic_filter):
+                    called.append(handler)
                     handler(inbound)
         raise TransportError("message stream ended")  # pragma: no cover - aiomqtt raises first
 
@@ -349,9 +489,10 @@ class Link:
         )
         protocol = aiomqtt.ProtocolVersion.V5 if s.protocol == 5 else aiomqtt.ProtocolVersion.V311
         tls_context = await asyncio.to_thread(credentials.tls_context, s) if s.tls else None
-        return aiomqtt.Client(
+        return _Client(
             s.host,
             s.port,
+            on_refused=self._refused,
             identifier=f"edge-agent-{self._topics.cluster}-{self._topics.node}",
             username=s.username or None,
             password=await asyncio.to_thread(credentials.read_password, s),
@@ -364,6 +505,19 @@ class Link:
             clean_session=True if s.protocol != 5 else None,
             socket_options=NO_DELAY,
         )
+
+
+def _is_failure(code: object) -> bool:
+    """A SUBACK entry that refuses: a failure ReasonCode (MQTT 5) or 0x80 (3.1.1)."""
+    if isinstance(code, int):
+        return code >= 0x80
+    return bool(getattr(code, "is_failure", False))
+
+
+def _protocol_refused(error: str) -> bool:
+    """The broker refused or dropped an MQTT 5 CONNECT: the symptoms of a 3.1.1-only broker."""
+    text = error.lower()
+    return "during connect" in text or any(words in text for words in UNSUPPORTED_PROTOCOL)
 
 
 def to_inbound(message: aiomqtt.Message) -> Inbound:
