@@ -18,10 +18,11 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.config_rules import NAME_RE
 from agent.errors import AgentError, TransportError
 from agent.ha import dqlite, failover, membership, peers, probes, quorum, readiness, reconcile
 from agent.ha.dqlite_wire import LiveView
@@ -170,6 +171,7 @@ class HaMonitor:
         started = time.monotonic()
         obs = await self._observe()
         self._obs = obs
+        await self._follow_members(obs.names.values())
         verdict = await self._conclude(obs)
         log.debug(
             "ha_round",
@@ -178,6 +180,12 @@ class HaMonitor:
             duration_s=round(time.monotonic() - started, 3),
         )
         return verdict
+
+    async def _follow_members(self, names: Iterable[str]) -> None:
+        """Subscribe to each known member's exact topics (see `member_topics`)."""
+        handlers = {"state": self._on_peer_state, "ha": self._on_peer_ha}
+        for leaf, topic in member_topics(self._topics, names):
+            await self._link.follow(topic, 1, handlers[leaf])
 
     async def _observe(self) -> quorum.Observation:
         facts = self._facts()
@@ -398,6 +406,20 @@ def kube_sources(settings: Settings) -> tuple[NodeNames, Readyz]:
         return kube_model.parse_readyz(text, status).ready
 
     return node_names, readyz
+
+
+def member_topics(topics: Topics, names: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(leaf, exact topic) of `state` and `ha` for every named member but this node.
+
+    The wildcard subscriptions see every peer's live messages, but RabbitMQ 3.10 replays retained
+    messages only to exact-topic subscriptions: these give a restarted agent its peers' retained
+    presence and verdicts there too. Only names a node may have (config_rules.NAME_RE) become
+    topic levels; a Kubernetes name with a `.` would cost the connection on NATS.
+    """
+    for node in sorted(set(names)):
+        if node != topics.node and NAME_RE.fullmatch(node):
+            for leaf in ("state", "ha"):
+                yield leaf, topics.peer(node, leaf)
 
 
 def _decode(payload: bytes) -> Any:

@@ -86,7 +86,7 @@ class _Outgoing:
     """Connections on which this message was in flight when the publish failed."""
 
 
-class _Client(aiomqtt.Client):
+class Client(aiomqtt.Client):
     """aiomqtt's client, told two things it ignores: a close during CONNECT and a refused PUBACK.
 
     aiomqtt 2.5 waits its whole connect timeout when the broker closes the socket before CONNACK
@@ -95,7 +95,9 @@ class _Client(aiomqtt.Client):
     version range is pinned in pyproject.toml and tests/test_link_session.py covers both.
     """
 
-    def __init__(self, *args: Any, on_refused: Callable[[str, str], None], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, on_refused: Callable[[str, str], None] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._on_refused = on_refused
 
@@ -110,7 +112,7 @@ class _Client(aiomqtt.Client):
     def _on_publish(
         self, client: Any, userdata: Any, mid: int, reason_code: Any, *rest: Any
     ) -> None:
-        if getattr(reason_code, "is_failure", False):
+        if self._on_refused is not None and getattr(reason_code, "is_failure", False):
             pending = getattr(client, "_out_messages", {}).get(mid)
             self._on_refused(str(getattr(pending, "topic", "?")), str(reason_code))
         super()._on_publish(client, userdata, mid, reason_code, *rest)
@@ -489,7 +491,7 @@ class Link:
         )
         protocol = aiomqtt.ProtocolVersion.V5 if s.protocol == 5 else aiomqtt.ProtocolVersion.V311
         tls_context = await asyncio.to_thread(credentials.tls_context, s) if s.tls else None
-        return _Client(
+        return Client(
             s.host,
             s.port,
             on_refused=self._refused,

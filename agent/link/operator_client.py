@@ -1,7 +1,9 @@
-"""A short-lived MQTT 5 client for the operator CLI (`edge-agent send`, `edge-agent nodes`).
+"""A short-lived MQTT client for the operator CLI (`edge-agent send`, `edge-agent nodes`).
 
-No presence, no reconnect: it connects, exchanges a few messages and leaves. Request/response
-properties are exposed; aiomqtt errors become TransportError here, as in agent.link.mqtt.
+No presence, no reconnect: it connects, exchanges a few messages and leaves. It speaks
+`settings.protocol` (5, or 3 for MQTT 3.1.1 brokers such as RabbitMQ 3.10 and NATS 2.9); under
+3.1.1 the request/response properties are not sent and statuses are followed on `R/cmd/{id}`
+only. aiomqtt errors become TransportError here, as in agent.link.mqtt.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ from paho.mqtt.properties import Properties
 
 from agent.errors import TransportError
 from agent.link import credentials
-from agent.link.mqtt import NO_DELAY, PUBLISH_TIMEOUT_S, Inbound, to_inbound
+from agent.link.mqtt import NO_DELAY, PROTOCOL_HINT, PUBLISH_TIMEOUT_S, Client, Inbound, to_inbound
 from agent.settings import MqttSettings
 
 
 class OperatorClient:
     """Subscribe, publish (with Response Topic / Correlation Data) and read `Inbound`s."""
 
-    def __init__(self, client: aiomqtt.Client) -> None:
+    def __init__(self, client: aiomqtt.Client, protocol: int) -> None:
         self._client = client
+        self.protocol = protocol
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         try:
@@ -42,11 +45,13 @@ class OperatorClient:
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
     ) -> None:
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        if response_topic is not None:
-            properties.ResponseTopic = response_topic
-        if correlation_data is not None:
-            properties.CorrelationData = correlation_data
+        properties = None
+        if self.protocol == 5:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if response_topic is not None:
+                properties.ResponseTopic = response_topic
+            if correlation_data is not None:
+                properties.CorrelationData = correlation_data
         try:
             await self._client.publish(
                 topic,
@@ -69,7 +74,7 @@ class OperatorClient:
 
 @contextlib.asynccontextmanager
 async def operator_client(settings: MqttSettings, identifier: str) -> AsyncIterator[OperatorClient]:
-    """Connect with MQTT 5 (host, port, credentials and TLS from `settings`).
+    """Connect with `settings.protocol` (host, port, credentials and TLS from `settings`).
 
     Raises:
         TransportError: the broker cannot be reached or refuses the connection.
@@ -78,13 +83,15 @@ async def operator_client(settings: MqttSettings, identifier: str) -> AsyncItera
     tls_context = (
         await asyncio.to_thread(credentials.tls_context, settings) if settings.tls else None
     )
-    client = aiomqtt.Client(
+    client = Client(
         settings.host,
         settings.port,
         identifier=identifier,
         username=settings.username or None,
         password=password,
-        protocol=aiomqtt.ProtocolVersion.V5,
+        protocol=(
+            aiomqtt.ProtocolVersion.V5 if settings.protocol == 5 else aiomqtt.ProtocolVersion.V311
+        ),
         keepalive=settings.keepalive_s,
         timeout=10,
         tls_context=tls_context,
@@ -93,9 +100,12 @@ async def operator_client(settings: MqttSettings, identifier: str) -> AsyncItera
     try:
         await client.__aenter__()
     except aiomqtt.MqttError as exc:
-        raise TransportError(f"cannot connect to {settings.host}:{settings.port}: {exc}") from exc
+        hint = f" ({PROTOCOL_HINT})" if settings.protocol == 5 else ""
+        raise TransportError(
+            f"cannot connect to {settings.host}:{settings.port}: {exc}{hint}"
+        ) from exc
     try:
-        yield OperatorClient(client)
+        yield OperatorClient(client, settings.protocol)
     finally:
         with contextlib.suppress(aiomqtt.MqttError):
             await client.__aexit__(None, None, None)

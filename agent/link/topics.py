@@ -38,6 +38,10 @@ class Topics:
     def cmd_status(self, command_id: str) -> str:
         return f"{self.root}/cmd/{command_id}"
 
+    def peer(self, node: str, leaf: str) -> str:
+        """One leaf of one node of this cluster (an exact topic, no wildcard)."""
+        return f"{self.prefix}/{self.cluster}/nodes/{node}/{leaf}"
+
     def peers(self, leaf: str) -> str:
         """Filter for one leaf (`state`, `health`, `ha`) of every node of this cluster."""
         return f"{self.prefix}/{self.cluster}/nodes/+/{leaf}"
