@@ -70,13 +70,14 @@ def commands_config(
     health_s: float = 5,
     commands: dict[str, Any] | None = None,
     microk8s: dict[str, Any] | None = None,
+    node: str = NODE,
     **sections: Any,
 ) -> Path:
     """An agent named pi-01 (a node of kube/nodes.json) using the cli backend on the fakes."""
     return agent_config(
         tmp_path,
         broker,
-        node={"name": NODE, "cluster": "lab"},
+        node={"name": node, "cluster": "lab"},
         health={"interval_s": health_s},
         commands={"trusted_keys": [str(keys.public)] if keys else [], **(commands or {})},
         microk8s={
