@@ -44,6 +44,10 @@ if [ "$want_tests" = "test" ]; then
     have dqlite-demo && have dqlite || apt_install go-dqlite || true
     # libfaketime moves the agent's wall clock in tests/faults (clock jumps).
     dpkg -L libfaketime 2>/dev/null | grep -q 'libfaketime.so.1$' || apt_install faketime || true
+    # tests/interop runs the agent against RabbitMQ (MQTT plugin, shipped in the package) and
+    # NATS (MQTT listener) too; the tests start private instances on free loopback ports.
+    [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || apt_install rabbitmq-server || true
+    have nats-server || [ -x /usr/sbin/nats-server ] || apt_install nats-server || true
 fi
 extras=""
 [ "$want_tests" = "test" ] && extras="[test]"

@@ -87,12 +87,13 @@ class _Outgoing:
 
 
 class Client(aiomqtt.Client):
-    """aiomqtt's client, told two things it ignores: a close during CONNECT and a refused PUBACK.
+    """aiomqtt's client, told what it ignores: a close during CONNECT or later, a refused PUBACK.
 
     aiomqtt 2.5 waits its whole connect timeout when the broker closes the socket before CONNACK
-    (RabbitMQ 3.10 does that to an MQTT 5 CONNECT within milliseconds), and treats a PUBACK with
-    a failure reason code (MQTT 5) as success. Both hooks override aiomqtt callbacks; the
-    version range is pinned in pyproject.toml and tests/test_link_session.py covers both.
+    (RabbitMQ 3.10 does that to an MQTT 5 CONNECT within milliseconds), lets a publish in flight
+    when the connection drops wait its whole timeout, and treats a PUBACK with a failure reason
+    code (MQTT 5) as success. The hooks override aiomqtt callbacks; the version range is pinned
+    in pyproject.toml and tests/test_link_session.py covers each.
     """
 
     def __init__(
@@ -100,6 +101,8 @@ class Client(aiomqtt.Client):
     ) -> None:
         super().__init__(*args, **kwargs)
         self._on_refused = on_refused
+        self.lost = asyncio.Event()
+        """Set when the connection ends: aiomqtt leaves a pending publish waiting its timeout."""
 
     def _on_disconnect(self, client: Any, userdata: Any, *rest: Any) -> None:
         if not self._connected.done():
@@ -107,6 +110,7 @@ class Client(aiomqtt.Client):
                 aiomqtt.MqttError("the broker closed the connection during CONNECT")
             )
             return
+        self.lost.set()
         super()._on_disconnect(client, userdata, *rest)
 
     def _on_publish(
@@ -233,15 +237,16 @@ class Link:
         if message.correlation_data is not None and self._settings.protocol == 5:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.CorrelationData = message.correlation_data
+        publish = client.publish(
+            message.topic,
+            message.payload,
+            qos=message.qos,
+            retain=message.retain,
+            properties=properties,
+            timeout=PUBLISH_TIMEOUT_S,
+        )
         try:
-            await client.publish(
-                message.topic,
-                message.payload,
-                qos=message.qos,
-                retain=message.retain,
-                properties=properties,
-                timeout=PUBLISH_TIMEOUT_S,
-            )
+            await _unless_lost(client, publish)
         except aiomqtt.MqttError as exc:
             self.publish_failures_total += 1
             raise TransportError(f"publish to {message.topic} failed: {exc}") from exc
@@ -507,6 +512,28 @@ class Link:
             clean_session=True if s.protocol != 5 else None,
             socket_options=NO_DELAY,
         )
+
+
+async def _unless_lost(client: aiomqtt.Client, operation: Awaitable[None]) -> None:
+    """Await `operation`, but fail as soon as the connection is lost.
+
+    Raises:
+        aiomqtt.MqttError: from the operation, or for the lost connection.
+    """
+    if not isinstance(client, Client):
+        await operation
+        return
+    task = asyncio.ensure_future(operation)
+    lost = asyncio.ensure_future(client.lost.wait())
+    try:
+        done, _ = await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        lost.cancel()
+        if not task.done():
+            task.cancel()
+    if task not in done:
+        raise aiomqtt.MqttError("the connection was lost before the broker acknowledged")
+    task.result()
 
 
 def _is_failure(code: object) -> bool:
