@@ -358,3 +358,40 @@ def agent_no_backend(tmp_path: Path, broker: Broker, commands: dict[str, Any]) -
         health={"interval_s": 5},
         microk8s={"backend": "auto", "cli": str(tmp_path / "no-microk8s")},
     )
+
+
+async def test_rebirth_ids_and_empty_requests(
+    tmp_path: Path, broker: Broker, spawn_agent: Spawn
+) -> None:
+    """rebirth (unsigned, same session, one per 5 s), the topic-safe id rule, empty payloads."""
+    spawn_agent(commands_config(tmp_path, broker, Keys(tmp_path / "keys")), env=fake_env(tmp_path))
+    invalid = f"{CMD}/_invalid"
+    async with watch(broker, "microk8s/#") as w:
+        await ready(w)
+        _, birth = await w.wait_for(lambda t, p: t == f"{ROOT}/state")
+        mark = len(w.messages)
+        rebirth = envelope("rebirth")
+        refused = [
+            (envelope("rebirth"), "at most one per 5 s; send it again in"),
+            (envelope("rebirth", {"now": True}), 'rebirth takes no args (send "args": {})'),
+        ]
+        for body in [rebirth, *(body for body, _ in refused)]:
+            await send(w, body)  # back to back: the second is well within the 5 s
+        assert (await terminal(w, rebirth["id"]))["status"] == "succeeded"
+        _, again = await w.wait_for(lambda t, p: t == f"{ROOT}/state", after=mark)
+        assert (again["state"], again["session"]) == ("online", birth["session"])
+        await w.wait_for(lambda t, p: t == f"{ROOT}/health", after=mark)
+        for body, reason in refused:
+            rejected = await terminal(w, body["id"])
+            assert rejected["status"] == "rejected" and reason in rejected["error"], rejected
+
+        # Ids that a broker cannot carry in a topic level (NATS: `.`; `:`) are unreadable.
+        for bad in ("c.1", "c:1"):
+            await send(w, envelope("status", id=bad))
+        await send(w, b"")  # empty, not retained: what 3.1.1 delivers for a retained clear
+        status = envelope("status")
+        await send(w, status)
+        await terminal(w, status["id"])
+        rules = [p["error"] for t, p, _ in w.messages[mark:] if t == invalid]
+        assert len(rules) == 2
+        assert all("1-64 characters of A-Z a-z 0-9 _ -" in rule for rule in rules)

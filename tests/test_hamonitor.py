@@ -15,6 +15,8 @@ import aiohttp
 import pytest
 
 from agent.ha import quorum
+from agent.ha.monitor import member_topics
+from agent.link.topics import Topics
 from agent.operator.tools import build_envelope
 from tests.cluster_fakes import (
     FakeMember,
@@ -255,3 +257,28 @@ async def test_a_refresh_puts_the_node_in_maintenance(
             on_ha(lambda p: p["maintenance"] is False), after=len(w.messages)
         )
         assert after["maintenance_reason"] is None
+
+
+async def test_known_members_followed_on_exact_topics(
+    tmp_path: Path, make_broker: Callable[..., Broker], members: list[FakeMember]
+) -> None:
+    """Brokers that replay retained messages only to exact subscriptions (RabbitMQ 3.10)."""
+    broker = make_broker("log_type subscribe\n")
+    async with watch(broker, HA) as w, running_agent(settings_for(tmp_path, broker, members)):
+        await w.wait_for(on_ha(lambda p: [v["node"] for v in p["voters"]] == list(NAMES)))
+        # The names are known after a round; the subscriptions follow within the next one.
+        await w.wait_for(on_ha(lambda p: True), after=len(w.messages))
+    log = broker.log_path.read_text()
+    for peer in NAMES[1:]:
+        for leaf in ("state", "ha"):
+            assert f"edge-agent-lab-pi-01 1 microk8s/lab/nodes/{peer}/{leaf}\n" in log
+    assert "edge-agent-lab-pi-01 1 microk8s/lab/nodes/pi-01/state\n" not in log
+
+
+def test_member_topics_are_exact_and_safe() -> None:
+    topics = Topics("microk8s", "lab", "pi-01")
+    found = list(member_topics(topics, ["pi-02", "pi-01", "pi-02", "node.example", "Bad"]))
+    assert found == [
+        ("state", "microk8s/lab/nodes/pi-02/state"),
+        ("ha", "microk8s/lab/nodes/pi-02/ha"),
+    ]

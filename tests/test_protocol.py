@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agent.commands import verbs, wire
+from agent.commands import dispatch, verbs, wire
 from agent.commands.statuses import response_topic_allowed
 from agent.commands.wire import Limits, Rejected, Status, Verb
 
@@ -53,6 +53,9 @@ UNREADABLE = [
     (b'{"id": 7}', "missing or invalid id"),
     (b'{"id": "-starts-with-dash"}', "missing or invalid id"),
     (b'{"id": "has space"}', "missing or invalid id"),
+    # Not a topic level every broker carries: NATS closes the connection on `.`.
+    (b'{"id": "c.1"}', "A-Z a-z 0-9 _ -"),
+    (b'{"id": "c:1"}', "A-Z a-z 0-9 _ -"),
     (json.dumps({"id": "a" * 65}).encode(), "missing or invalid id"),
     (b"[" * 60_000, "not valid JSON"),  # deep nesting: RecursionError inside json
 ]
@@ -180,6 +183,7 @@ BAD_ARGS = [
     ("upgrade", {"channel": "1.33/stable", "drain": "no"}, "drain must be true or false"),
     ("upgrade", {"channel": "1.33/stable", "force": 1}, "force must be true or false"),
     ("status", {"verbose": True}, "status takes no args"),
+    ("rebirth", {"now": True}, "rebirth takes no args"),
 ]
 
 
@@ -209,6 +213,7 @@ GOOD_ARGS = [
     ),
     ("addon", {"name": "community/argocd", "action": "enable", "args": ["a"] * 16}, None),
     ("status", {}, verbs.StatusArgs()),
+    ("rebirth", {}, verbs.RebirthArgs()),
 ]
 
 
@@ -281,3 +286,18 @@ def test_terminal_statuses() -> None:
         Status.REJECTED,
     }
     assert [v for v in Verb if v.mutating] == [Verb.JOIN, Verb.ADDON, Verb.UPGRADE]
+
+
+def test_read_only_verbs() -> None:
+    assert {v for v in wire.Verb if not v.mutating} == {wire.Verb.STATUS, wire.Verb.REBIRTH}
+    assert wire.ID_RE.fullmatch("c-20261201T020000Z-0a1b2c3d")
+    assert wire.ID_RE.fullmatch("A_b-9" + "x" * 59) and not wire.ID_RE.fullmatch("a" * 65)
+
+
+@pytest.mark.parametrize(
+    ("last", "now", "wait"),
+    [(None, 100.0, 0.0), (100.0, 101.5, 3.5), (100.0, 105.0, 0.0), (100.0, 40.0, 5.0)],
+)
+def test_rebirth_wait(last: float | None, now: float, wait: float) -> None:
+    """One rebirth per 5 s; a wall clock stepped back never blocks more than that."""
+    assert dispatch.rebirth_wait(last, now) == wait

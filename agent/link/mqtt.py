@@ -25,7 +25,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -41,6 +41,7 @@ from agent.logs import get_logger
 from agent.settings import MqttSettings
 
 log = get_logger(__name__)
+_T = TypeVar("_T")
 
 OUTBOX_LIMIT = 1000
 PROBE_INTERVAL_S = 1.0
@@ -170,7 +171,9 @@ class Link:
             return
         self._subscriptions.append((topic_filter, qos, handler))
         client = self._client
-        if client is not None and self.connected:
+        # Also while the connect's own subscriptions are under way (they may have started
+        # without this one); a filter subscribed twice is harmless.
+        if client is not None:
             try:
                 await self._subscribe(client, topic_filter, qos)
             except TransportError as exc:
@@ -431,11 +434,12 @@ class Link:
         try:
             if self._settings.protocol == 5:
                 options = SubscribeOptions(qos=qos, retainAsPublished=True)
-                granted = await client.subscribe(
+                subscribe = client.subscribe(
                     topic_filter, options=options, timeout=PUBLISH_TIMEOUT_S
                 )
             else:
-                granted = await client.subscribe(topic_filter, qos=qos, timeout=PUBLISH_TIMEOUT_S)
+                subscribe = client.subscribe(topic_filter, qos=qos, timeout=PUBLISH_TIMEOUT_S)
+            granted = await _unless_lost(client, subscribe)
         except aiomqtt.MqttError as exc:
             raise TransportError(f"subscribe to {topic_filter} failed: {exc}") from exc
         refused = [str(code) for code in granted or () if _is_failure(code)]
@@ -514,15 +518,14 @@ class Link:
         )
 
 
-async def _unless_lost(client: aiomqtt.Client, operation: Awaitable[None]) -> None:
+async def _unless_lost(client: aiomqtt.Client, operation: Awaitable[_T]) -> _T:
     """Await `operation`, but fail as soon as the connection is lost.
 
     Raises:
         aiomqtt.MqttError: from the operation, or for the lost connection.
     """
     if not isinstance(client, Client):
-        await operation
-        return
+        return await operation
     task = asyncio.ensure_future(operation)
     lost = asyncio.ensure_future(client.lost.wait())
     try:
@@ -533,7 +536,7 @@ async def _unless_lost(client: aiomqtt.Client, operation: Awaitable[None]) -> No
             task.cancel()
     if task not in done:
         raise aiomqtt.MqttError("the connection was lost before the broker acknowledged")
-    task.result()
+    return task.result()
 
 
 def _is_failure(code: object) -> bool:
