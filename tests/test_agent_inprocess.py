@@ -37,6 +37,7 @@ async def test_endpoint_over_tcp(tmp_path: Path, broker: Broker) -> None:
             assert body["node"] == "test-node"
             assert body["connection"]["connected"] is True
             assert body["health"]["schema"] == 1
+            assert body["health"]["agent"]["mqtt_dropped"] == 0
             async with http.get(f"{base}/metrics") as response:
                 assert response.status == 200
                 assert response.headers["Content-Type"].startswith("text/plain")
@@ -45,6 +46,7 @@ async def test_endpoint_over_tcp(tmp_path: Path, broker: Broker) -> None:
                 "edge_agent_mqtt_connected 1.0",
                 "edge_agent_mqtt_messages_published_total",
                 "edge_agent_mqtt_reconnects_total 0.0",
+                "edge_agent_mqtt_messages_dropped_total 0.0",
                 "edge_agent_health_collection_seconds_bucket",
                 'edge_agent_health_status{status="',
                 "edge_agent_memory_percent",

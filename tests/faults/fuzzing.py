@@ -40,7 +40,7 @@ SIGNER = signing.Signer("ops-1", KEY)
 VERIFIER = signing.Verifier({"ops-1": KEY.public_key()})
 
 # --- the oracle: docs/protocol.md, "Verbs" table ------------------------------------------
-ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a topic level on every broker
 JOIN_URL = re.compile(
     r"(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}):(?P<port>[0-9]{1,5})"
     r"/[A-Za-z0-9]{32,256}(?:/[0-9a-fA-F]{12,64})?"
@@ -134,7 +134,7 @@ def judge(
     """
     try:
         decoded = wire.decode(payload)
-        mutating = decoded.verb_text != wire.Verb.STATUS
+        mutating = decoded.verb_text not in wire.READ_ONLY
         reason = VERIFIER.authenticate(
             decoded.body, mutating=mutating, allow_unsigned=allow_unsigned
         )
@@ -210,7 +210,7 @@ async def _no_progress(_detail: str) -> None:
 
 def plan(loop: asyncio.AbstractEventLoop, command: verbs.Command, channel: str) -> list[list[str]]:
     """Every argv the real executor and CliBackend would run for an accepted command."""
-    if isinstance(command.args, verbs.StatusArgs):
+    if isinstance(command.args, verbs.StatusArgs | verbs.RebirthArgs):
         return []  # answered by the intake itself, never executed
     recorder = Recorder(channel)
     loop.run_until_complete(executor_for(recorder).run(command, _no_progress))
@@ -222,7 +222,7 @@ ALNUM = string.ascii_letters + string.digits
 HEX = "0123456789abcdefABCDEF"
 LOWER = string.ascii_lowercase + string.digits
 ARG_CHARS = ALNUM + "._:/,=@+-"
-ID_CHARS = ALNUM + "._:-"
+ID_CHARS = ALNUM + "_-"
 RISKS = ("stable", "candidate", "beta", "edge")
 INSTALLED = ("1.32-strict/stable", "1.32/stable")
 
@@ -266,6 +266,7 @@ VERB_ARGS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         {"channel": channel_names}, optional={"drain": st.booleans(), "force": st.booleans()}
     ),
     "status": st.builds(dict),
+    "rebirth": st.builds(dict),
 }
 
 
