@@ -159,15 +159,15 @@ async def test_connect_refusal_reported_at_once(tmp_path: Path, reply: bytes, er
     async with server, running(link):
         await until(lambda: link.last_error is not None, 30)
     assert link.last_error is not None and error in link.last_error
-    assert mqtt._protocol_refused(link.last_error)
+    assert mqtt.protocol_refused(link.last_error)
     assert not link.ever_connected
 
 
 def test_protocol_refusals_recognised() -> None:
-    assert mqtt._protocol_refused("[code:132] Unsupported protocol version")
-    assert mqtt._protocol_refused("Connection Refused: unacceptable protocol version.")
-    assert not mqtt._protocol_refused("Operation timed out")
-    assert not mqtt._protocol_refused("[Errno 111] Connection refused")
+    assert mqtt.protocol_refused("[code:132] Unsupported protocol version")
+    assert mqtt.protocol_refused("Connection Refused: unacceptable protocol version.")
+    assert not mqtt.protocol_refused("Operation timed out")
+    assert not mqtt.protocol_refused("[Errno 111] Connection refused")
 
 
 def test_subscription_failure_codes() -> None:

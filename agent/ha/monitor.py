@@ -171,7 +171,9 @@ class HaMonitor:
         started = time.monotonic()
         obs = await self._observe()
         self._obs = obs
-        await self._follow_members(obs.names.values())
+        # Only dqlite members' names: peers' claims alone must not grow the subscriptions.
+        member_names = (obs.names.get(member.host) for member in obs.membership.members)
+        await self._follow_members(name for name in member_names if name)
         verdict = await self._conclude(obs)
         log.debug(
             "ha_round",

@@ -371,7 +371,7 @@ class Link:
         where = {"host": self._settings.host, "port": self._settings.port}
         if self._client is not None:
             log.warning("mqtt_disconnected", error=error, session=self.session, **where)
-        elif self._settings.protocol == 5 and _protocol_refused(error):
+        elif self._settings.protocol == 5 and protocol_refused(error):
             log.error("mqtt_connect_failed", error=error, hint=PROTOCOL_HINT, **where)
         else:
             log.warning("mqtt_connect_failed", error=error, **where)
@@ -546,7 +546,7 @@ def _is_failure(code: object) -> bool:
     return bool(getattr(code, "is_failure", False))
 
 
-def _protocol_refused(error: str) -> bool:
+def protocol_refused(error: str) -> bool:
     """The broker refused or dropped an MQTT 5 CONNECT: the symptoms of a 3.1.1-only broker."""
     text = error.lower()
     return "during connect" in text or any(words in text for words in UNSUPPORTED_PROTOCOL)

@@ -18,8 +18,20 @@ from paho.mqtt.properties import Properties
 
 from agent.errors import TransportError
 from agent.link import credentials
-from agent.link.mqtt import NO_DELAY, PROTOCOL_HINT, PUBLISH_TIMEOUT_S, Client, Inbound, to_inbound
+from agent.link.mqtt import (
+    NO_DELAY,
+    PUBLISH_TIMEOUT_S,
+    Client,
+    Inbound,
+    protocol_refused,
+    to_inbound,
+)
 from agent.settings import MqttSettings
+
+PROTOCOL_HINT = (
+    "the broker may not speak MQTT 5 (RabbitMQ 3.10 and NATS 2.9 do not): use --protocol 3"
+    " here, and mqtt.protocol = 3 on the agents"
+)
 
 
 class OperatorClient:
@@ -100,7 +112,8 @@ async def operator_client(settings: MqttSettings, identifier: str) -> AsyncItera
     try:
         await client.__aenter__()
     except aiomqtt.MqttError as exc:
-        hint = f" ({PROTOCOL_HINT})" if settings.protocol == 5 else ""
+        refused = settings.protocol == 5 and protocol_refused(str(exc))
+        hint = f" ({PROTOCOL_HINT})" if refused else ""
         raise TransportError(
             f"cannot connect to {settings.host}:{settings.port}: {exc}{hint}"
         ) from exc

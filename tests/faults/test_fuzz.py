@@ -299,7 +299,7 @@ async def _until_answered(w: Watcher, ids: set[str | None], unreadable: int) -> 
             return
         await asyncio.sleep(0.1)
     threads = _threads(w.messages)
-    missing = sorted(str(i) for i in ids if not set(threads.get(i, [])) & TERMINAL)
+    missing = sorted(str(i) for i in ids if not set(threads.get(str(i), [])) & TERMINAL)
     invalid = len(threads.get("_invalid", []))
     raise AssertionError(
         f"not every request was answered: {missing[:10]} ({len(missing)} ids);"

@@ -165,7 +165,7 @@ async def test_session(node: Node) -> None:
     async with node.observe("state", "health") as late:
         _, birth = await late.wait_for(presence(root, "online"), 10)
         await late.wait_for(lambda t, p: t == f"{root}/health", 10)
-        first = {}
+        first: dict[str, bool] = {}
         for topic, _, retain in late.messages:
             first.setdefault(topic, retain)
         assert first[f"{root}/state"] and first[f"{root}/health"], late.messages
@@ -272,7 +272,7 @@ async def test_mqtt5_refused_with_hint(
     assert "timed out" not in first["error"].lower()
     cli = await asyncio.to_thread(operator, node, "send", "--timeout", "5", node.name, "status")
     assert cli.returncode == 3
-    assert f"{broker.host}:{broker.port}" in cli.stderr and "mqtt.protocol = 3" in cli.stderr
+    assert f"{broker.host}:{broker.port}" in cli.stderr and "--protocol 3" in cli.stderr
 
 
 def _events(agent: AgentProcess, event: str) -> list[dict[str, Any]]:
