@@ -37,8 +37,6 @@ class InteropBroker(Protocol):
     name: str
     host: str
     port: int
-    protocols: tuple[int, ...]
-    """MQTT versions the broker accepts (3 = 3.1.1)."""
 
     def start(self) -> object: ...
 
@@ -97,7 +95,6 @@ def _wait_up(process: subprocess.Popen[bytes], port: int, timeout_s: float, log:
 
 class MosquittoBroker:
     name: str = "mosquitto"
-    protocols: tuple[int, ...] = (3, 5)
 
     def __init__(self, workdir: Path) -> None:
         self._broker = Broker(workdir)
@@ -114,24 +111,47 @@ class MosquittoBroker:
         self._broker.kill()
 
 
-class RabbitBroker:
+class _ServerBroker:
+    """A broker process of our own: its process group is started, stopped and restarted here."""
+
+    def __init__(self, workdir: Path, log_name: str) -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.workdir = workdir
+        self.log_path = workdir / log_name
+        self._server: subprocess.Popen[bytes] | None = None
+
+    def _launch(self, argv: list[str], boot_s: float, env: dict[str, str] | None = None) -> None:
+        with self.log_path.open("ab") as log:
+            self._server = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
+        _wait_up(self._server, self.port, boot_s, self.log_path)
+
+    def stop(self) -> None:
+        _stop_group(self._server)
+        self._server = None
+        wait_port(self.host, self.port, timeout_s=STOP_S, up=False)
+
+
+class RabbitBroker(_ServerBroker):
     name: str = "rabbitmq"
-    protocols: tuple[int, ...] = (3,)
 
     def __init__(self, workdir: Path) -> None:
         if not RABBITMQ_SERVER.exists():
             pytest.fail("rabbitmq-server is not installed: run `.ci/bootstrap.sh test`")
-        self.host = "127.0.0.1"
-        self.port = free_port()
-        self.workdir = workdir
+        super().__init__(workdir, "rabbitmq.log")
         self.epmd_port = free_port()
         self.node = f"edgetest{os.getpid()}p{self.port}@localhost"
-        self.log_path = workdir / "rabbitmq.log"
         (workdir / "rabbitmq.conf").write_text(rabbitmq_conf(self.port))
         (workdir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
         (workdir / "rabbitmq-env.conf").write_text("")
         self._epmd: subprocess.Popen[bytes] | None = None
-        self._server: subprocess.Popen[bytes] | None = None
 
     def _env(self) -> dict[str, str]:
         w = self.workdir
@@ -162,22 +182,8 @@ class RabbitBroker:
                 start_new_session=True,
             )
             wait_port("127.0.0.1", self.epmd_port)
-        with self.log_path.open("ab") as log:
-            self._server = subprocess.Popen(
-                [str(RABBITMQ_SERVER)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
-        _wait_up(self._server, self.port, RABBITMQ_BOOT_S, self.log_path)
+        self._launch([str(RABBITMQ_SERVER)], RABBITMQ_BOOT_S, env)
         return self
-
-    def stop(self) -> None:
-        _stop_group(self._server)
-        self._server = None
-        wait_port(self.host, self.port, timeout_s=STOP_S, up=False)
 
     def close(self) -> None:
         _stop_group(self._server)
@@ -185,42 +191,27 @@ class RabbitBroker:
         self._server = self._epmd = None
 
 
-class NatsBroker:
+class NatsBroker(_ServerBroker):
     name: str = "nats"
-    protocols: tuple[int, ...] = (3,)
 
     def __init__(self, workdir: Path) -> None:
         if not Path(NATS_SERVER).exists():
             pytest.fail("nats-server is not installed: run `.ci/bootstrap.sh test`")
-        self.host = "127.0.0.1"
-        self.port = free_port()
-        self.workdir = workdir
-        self.log_path = workdir / "nats.log"
+        super().__init__(workdir, "nats.log")
         self.conf = workdir / "nats.conf"
         name = f"edgetest-{os.getpid()}-{self.port}"
         self.conf.write_text(nats_conf(name, free_port(), self.port, workdir / "jetstream"))
-        self._server: subprocess.Popen[bytes] | None = None
 
     def start(self) -> NatsBroker:
-        with self.log_path.open("ab") as log:
-            self._server = subprocess.Popen(
-                [NATS_SERVER, "-c", str(self.conf)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _wait_up(self._server, self.port, 30.0, self.log_path)
+        self._launch([NATS_SERVER, "-c", str(self.conf)], 30.0)
         return self
-
-    def stop(self) -> None:
-        _stop_group(self._server)
-        self._server = None
-        wait_port(self.host, self.port, timeout_s=STOP_S, up=False)
 
     def close(self) -> None:
         self.stop()
 
 
+PROTOCOLS = {"mosquitto": (5, 3), "rabbitmq": (3,), "nats": (3,)}
+"""MQTT versions each broker accepts (3 = 3.1.1), as packaged in Debian bookworm."""
 KINDS: dict[str, Callable[[Path], InteropBroker]] = {
     "mosquitto": MosquittoBroker,
     "rabbitmq": RabbitBroker,

@@ -29,13 +29,14 @@ import pytest
 
 from tests.commands_helpers import Keys, commands_config, fake_env, kill_fakes
 from tests.conftest import AgentProcess, Broker, Watcher, watch
-from tests.interop.brokers import InteropBroker
+from tests.interop.brokers import PROTOCOLS, InteropBroker
 from tests.interop.conftest import BrokerFor
 from tests.paths import REPO
 
 pytestmark = [pytest.mark.broker, pytest.mark.interop]
 
-PAIRS = [("mosquitto", 5), ("mosquitto", 3), ("rabbitmq", 3), ("nats", 3)]
+PAIRS = [(kind, protocol) for kind, versions in PROTOCOLS.items() for protocol in versions]
+NO_MQTT5 = [kind for kind, versions in PROTOCOLS.items() if 5 not in versions]
 PAIR_IDS = [f"{kind}-mqtt{protocol}" for kind, protocol in PAIRS]
 TERMINAL = {"succeeded", "failed", "timed_out", "rejected"}
 _names = itertools.count(1)
@@ -254,7 +255,7 @@ async def test_operator_cli(node: Node) -> None:
         assert states[node.name]["state"] == "online"
 
 
-@pytest.mark.parametrize("kind", ["rabbitmq", "nats"])
+@pytest.mark.parametrize("kind", NO_MQTT5)
 async def test_mqtt5_refused_with_hint(
     kind: str, broker_for: BrokerFor, tmp_path: Path, spawn_agent: Callable[..., Any]
 ) -> None:
