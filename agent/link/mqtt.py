@@ -410,6 +410,8 @@ class Link:
             self.reconnects_total += 1
         self.ever_connected = True
         self.last_error = None
+        # Retained copies of an earlier session are not re-sent by a rebirth of this one.
+        self._retained.clear()
         self._persist_session(session)
         log.info(
             "mqtt_connected", host=self._settings.host, port=self._settings.port, session=session
@@ -529,12 +531,12 @@ async def _unless_lost(client: aiomqtt.Client, operation: Awaitable[_T]) -> _T:
     task = asyncio.ensure_future(operation)
     lost = asyncio.ensure_future(client.lost.wait())
     try:
-        done, _ = await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         lost.cancel()
         if not task.done():
-            task.cancel()
-    if task not in done:
+            task.cancel()  # still pending here: the connection went first
+    if not task.done():
         raise aiomqtt.MqttError("the connection was lost before the broker acknowledged")
     return task.result()
 
