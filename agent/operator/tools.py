@@ -224,7 +224,10 @@ def _add_send(sub: Subparsers) -> None:
     upgrade.add_argument("--no-drain", action="store_true", help="do not cordon and drain first")
     upgrade.add_argument("--force", action="store_true", help="allow a skip or a downgrade")
     status = verbs.add_parser("status", help="the node's current health and HA report")
-    for verb in (addon, join, upgrade, status):
+    rebirth = verbs.add_parser(
+        "rebirth", help="re-publish the node's retained birth, health and HA verdict now"
+    )
+    for verb in (addon, join, upgrade, status, rebirth):
         _add_send_options(verb)
     send.set_defaults(func=cmd_send)
 

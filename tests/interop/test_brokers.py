@@ -27,6 +27,9 @@ from typing import Any, cast
 
 import pytest
 
+from agent.link.mqtt import Inbound, Link
+from agent.link.topics import Topics
+from agent.settings import MqttSettings
 from tests.commands_helpers import Keys, commands_config, fake_env, kill_fakes
 from tests.conftest import AgentProcess, Broker, Watcher, watch
 from tests.interop.brokers import PROTOCOLS, InteropBroker
@@ -209,11 +212,20 @@ async def test_session(node: Node) -> None:
     assert not [m for m in agent.log_lines() if m.get("event") == "mqtt_message_dropped"]
 
 
+CONNECT_EVENTS = {
+    "mqtt_connected",
+    "mqtt_disconnected",
+    "mqtt_connect_failed",
+    "mqtt_reconnect_scheduled",
+    "mqtt_broker_back",
+}
+
+
 async def test_reconnect_after_broker_restart(node: Node) -> None:
     """A restarted broker gets the agent back with a higher session, and commands work."""
     root = node.root
     async with node.observe("state") as w:
-        node.start()
+        agent = node.start()
         _, first = await w.wait_for(presence(root, "online"), 30)
     await asyncio.to_thread(node.broker.stop)
     await asyncio.to_thread(node.broker.start)
@@ -223,6 +235,12 @@ async def test_reconnect_after_broker_restart(node: Node) -> None:
         )
         assert back["session"] == first["session"] + 1
         assert (await node.command(w, node.envelope("status")))["status"] == "succeeded"
+    # Every connect log line names the broker.
+    lines = [line for line in agent.log_lines() if line.get("event") in CONNECT_EVENTS]
+    assert {"mqtt_connected", "mqtt_disconnected"} <= {line["event"] for line in lines}
+    assert {(line["host"], line["port"]) for line in lines} == {
+        (node.broker.host, node.broker.port)
+    }
 
 
 def operator(node: Node, command: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -245,6 +263,8 @@ async def test_operator_cli(node: Node) -> None:
     assert "succeeded" in ran.stdout
     status = await asyncio.to_thread(operator, node, "send", "--timeout", "30", node.name, "status")
     assert status.returncode == 0 and "health=" in status.stdout, status.stderr
+    reborn = await asyncio.to_thread(operator, node, "send", node.name, "rebirth")
+    assert reborn.returncode == 0 and "succeeded" in reborn.stdout, reborn.stderr
     listed = await asyncio.to_thread(operator, node, "nodes", "--json", "--wait", "2")
     assert listed.returncode == 0, listed.stderr
     states = json.loads(listed.stdout)["state"]
@@ -278,3 +298,38 @@ async def test_mqtt5_refused_with_hint(
 
 def _events(agent: AgentProcess, event: str) -> list[dict[str, Any]]:
     return [line for line in agent.log_lines() if line.get("event") == event]
+
+
+@pytest.mark.parametrize(("kind", "protocol"), PAIRS, ids=PAIR_IDS)
+async def test_retained_replay_to_exact_and_wildcard_filters(
+    kind: str, protocol: int, broker_for: BrokerFor, tmp_path: Path
+) -> None:
+    """What the HA peer view's exact subscriptions are for: RabbitMQ skips wildcards on replay."""
+    broker = broker_for(kind)
+    topics = Topics("microk8s", f"replay{protocol}", "pi-01")
+    peer = topics.peer("pi-02", "state")
+    async with watch(
+        _as_broker(broker), protocol=_version(protocol), identifier=f"pub-{kind}"
+    ) as w:
+        await w.publish(peer, b'{"state":"online"}', qos=1, retain=True)
+    settings = MqttSettings(host=broker.host, port=broker.port, protocol=protocol)
+    link = Link(settings, topics, state_dir=tmp_path, agent_version="test")
+    by_wildcard: list[Inbound] = []
+    by_exact: list[Inbound] = []
+    link.subscribe(topics.peers("state"), 1, by_wildcard.append)
+    task = asyncio.create_task(link.run())
+    try:
+        async with asyncio.timeout(20):
+            while not link.connected:
+                await asyncio.sleep(0.02)
+            await link.follow(peer, 1, by_exact.append)
+            while not by_exact:
+                await asyncio.sleep(0.02)
+        assert by_exact[0].retain and by_exact[0].payload == b'{"state":"online"}'
+        # The exact replay also matches the wildcard's handler; a replay to the wildcard
+        # subscription itself came earlier (with its SUBACK, before the birth's PUBACK).
+        wildcard_replays = len([m for m in by_wildcard if m.topic == peer]) - len(by_exact)
+        assert wildcard_replays == (0 if kind == "rabbitmq" else 1)
+    finally:
+        link.stop()
+        await asyncio.wait_for(task, 15)
