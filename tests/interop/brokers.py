@@ -182,7 +182,11 @@ class RabbitBroker(_ServerBroker):
                 start_new_session=True,
             )
             wait_port("127.0.0.1", self.epmd_port)
-        self._launch([str(RABBITMQ_SERVER)], RABBITMQ_BOOT_S, env)
+        try:
+            self._launch([str(RABBITMQ_SERVER)], RABBITMQ_BOOT_S, env)
+        except BaseException:  # pytest.fail included: leave no epmd behind
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
