@@ -355,6 +355,9 @@ async def _send(ns: argparse.Namespace, effective: opsettings.OperatorSettings) 
         def target_seen(r: Roster) -> bool:
             return ns.node in r.nodes and r.nodes[ns.node].state is not None
 
+        # The target's exact topic too: RabbitMQ 3.10 replays retained messages to exact
+        # subscriptions only, so the roster's wildcards alone would never see the node there.
+        await client.subscribe(topics.state)
         await session.read_roster(client, roster, until=target_seen)
         why = preflight(roster, ns.node, time.time())
         if why is not None:
