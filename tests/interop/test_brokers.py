@@ -37,7 +37,8 @@ from tests.interop.brokers import PROTOCOLS, InteropBroker
 from tests.interop.conftest import BrokerFor
 from tests.paths import REPO
 
-pytestmark = [pytest.mark.broker, pytest.mark.interop]
+# RabbitMQ boots in the first test that needs it: up to RABBITMQ_BOOT_S on a loaded machine.
+pytestmark = [pytest.mark.broker, pytest.mark.interop, pytest.mark.timeout(300)]
 
 PAIRS = [(kind, protocol) for kind, versions in PROTOCOLS.items() for protocol in versions]
 NO_MQTT5 = [kind for kind, versions in PROTOCOLS.items() if 5 not in versions]
