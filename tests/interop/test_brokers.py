@@ -179,12 +179,18 @@ async def test_session(node: Node) -> None:
 
         # rebirth: birth and health again under the same session; a second one is refused.
         after = len(late.messages)
-        reborn = await node.command(late, node.envelope("rebirth"))
+        rebirths = [
+            node.envelope("rebirth", id="c-rebirth-1"),
+            node.envelope("rebirth", id="c-rebirth-2"),
+        ]
+        for payload in rebirths:  # back to back: the second is well within the 5 s
+            await late.publish(f"{root}/cmd", payload, qos=1)
+        reborn = await terminal(late, f"{root}/cmd/c-rebirth-1", after=after)
         assert reborn["status"] == "succeeded", reborn
         _, again = await late.wait_for(presence(root, "online"), 10, after=after)
         assert again["session"] == session
         await late.wait_for(lambda t, p: t == f"{root}/health", 10, after=after)
-        too_soon = await node.command(late, node.envelope("rebirth"))
+        too_soon = await terminal(late, f"{root}/cmd/c-rebirth-2", after=after)
         assert too_soon["status"] == "rejected" and "at most one per 5 s" in too_soon["error"]
 
         # A signed addon, then the same request again: answered as a duplicate, not re-run.
