@@ -132,12 +132,14 @@ def _extra_commands() -> list[
 ]:
     """Subcommands that live in their own modules (operator tools, snap hook)."""
     from agent.operator import fleet, tools
+    from agent.operator.dashboard import cli as dashboard_cli
     from agent.platform import snap_configure
 
     adders: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
     adders.append(snap_configure.add_command)
     adders.append(tools.add_commands)
     adders.append(fleet.add_commands)
+    adders.append(dashboard_cli.add_command)
     return adders
 
 
