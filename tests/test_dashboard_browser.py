@@ -68,9 +68,7 @@ async def rows_by_node(page: cdp.Page) -> dict[str, dict[str, Any]]:
     return {row["node"]: row for row in await page.evaluate(ROWS)}
 
 
-async def test_rows_and_banner_then_kill_and_health_change_live(
-    fleet: Lab, tmp_path: Path
-) -> None:
+async def test_rows_and_banner_then_kill_and_health_change_live(fleet: Lab, tmp_path: Path) -> None:
     async with cdp.browser(tmp_path) as new_page, new_page() as page:
         await page.navigate(fleet.url)
         await page.wait_for("document.body.dataset.mode === 'live'")
