@@ -42,6 +42,8 @@ if [ "$want_tests" = "test" ]; then
     # Real dqlite for the HA tests (tests/dqlite_nodes.py): go-dqlite ships dqlite-demo and the
     # dqlite shell (Debian/Ubuntu package go-dqlite, with libdqlite0).
     have dqlite-demo && have dqlite || apt_install go-dqlite || true
+    # Headless Chromium drives the dashboard's browser tests (tests/cdp.py talks CDP to it).
+    have chromium || [ -x /usr/bin/chromium ] || apt_install chromium || true
     # libfaketime moves the agent's wall clock in tests/faults (clock jumps).
     dpkg -L libfaketime 2>/dev/null | grep -q 'libfaketime.so.1$' || apt_install faketime || true
     # tests/interop runs the agent against RabbitMQ (MQTT plugin, shipped in the package) and

@@ -202,7 +202,8 @@ async def _screenshot(target: Path, width: int) -> None:
                 60,
             )
             async with cdp.browser(workdir) as new_page, new_page() as page:
-                await page.viewport(width, 700)
+                phone = width < 600
+                await page.viewport(width, 700, 2 if phone else 1, mobile=phone)
                 await page.navigate(fleet.url)
                 await page.wait_for("document.body.dataset.mode === 'live'")
                 await page.wait_for("document.querySelectorAll('#rows tr').length === 3")
@@ -230,7 +231,7 @@ async def _send_status(fleet: Lab, node: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the dashboard lab and take a screenshot")
     parser.add_argument("--screenshot", type=Path, default=REPO / "docs" / "dashboard.png")
-    parser.add_argument("--width", type=int, default=1360)
+    parser.add_argument("--width", type=int, default=1360, help="CSS pixels; < 600 is a phone")
     args = parser.parse_args()
     asyncio.run(_screenshot(args.screenshot.resolve(), args.width))
 
