@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from tests import cdp
@@ -68,6 +69,16 @@ async def rows_by_node(page: cdp.Page) -> dict[str, dict[str, Any]]:
     return {row["node"]: row for row in await page.evaluate(ROWS)}
 
 
+async def until_row(page: cdp.Page, node: str, inside: str, prop: str, expected: str) -> None:
+    """Wait until `prop` of the element `inside` the node's row ("" = the row) is `expected`."""
+    element = f"document.querySelector('#rows tr[data-node=\"{node}\"]{inside}')"
+    await page.wait_for(
+        f"(({element}) || {{}}).{prop.replace('.', '?.')}",
+        check=lambda value: value == expected,
+        timeout_s=30,
+    )
+
+
 async def test_rows_and_banner_then_kill_and_health_change_live(fleet: Lab, tmp_path: Path) -> None:
     async with cdp.browser(tmp_path) as new_page, new_page() as page:
         await page.navigate(fleet.url)
@@ -104,12 +115,7 @@ async def test_rows_and_banner_then_kill_and_health_change_live(fleet: Lab, tmp_
 
         # kill -9: no clean offline, the broker publishes the will -> lost, values STALE.
         fleet.nodes["pi-01"].agent.stop()
-        await page.wait_for(
-            "(document.querySelector('#rows tr[data-node=\"pi-01\"]') || {dataset: {}})"
-            ".dataset.presence",
-            check=lambda presence: presence == "lost",
-            timeout_s=30,
-        )
+        await until_row(page, "pi-01", "", "dataset.presence", "lost")
         rows = await rows_by_node(page)
         lost = rows["pi-01"]
         assert lost["stale"]
@@ -125,12 +131,7 @@ async def test_rows_and_banner_then_kill_and_health_change_live(fleet: Lab, tmp_
 
         # A health change reaches the open page through the event stream, without a reload.
         fleet.nodes["pi-02"].set_temperature(90500)
-        await page.wait_for(
-            "(document.querySelector('#rows tr[data-node=\"pi-02\"] .c-health .pill') || {})"
-            ".textContent",
-            check=lambda status: status == "critical",
-            timeout_s=30,
-        )
+        await until_row(page, "pi-02", " .c-health .pill", "textContent", "critical")
         rows = await rows_by_node(page)
         assert rows["pi-02"]["temp"] == "90.5 °C"
         assert any("temperature 90.5 C" in reason for reason in rows["pi-02"]["reasons"])
@@ -162,10 +163,16 @@ async def test_phone_width_and_polling_fallback(fleet: Lab, tmp_path: Path) -> N
         assert layout["scroll"] <= layout["width"], layout  # no sideways scrolling
         assert layout["display"] == "block"
         assert json.loads(layout["label"]) == "node"
-        # Polling still follows changes.
-        generated = await page.evaluate("Number(document.body.dataset.generated)")
-        await page.wait_for(
-            "Number(document.body.dataset.generated)",
-            check=lambda value: value > generated,
+        # Polling still follows changes: a rollout report appears in the banner.
+        rollout = {"rollout": "r-1", "channel": "1.33/stable", "node": "pi-02", "step": "soak"}
+        rollout.update(done=2, total=5, failures=0, max_failures=1, state="running")
+        async with aiomqtt.Client(fleet.broker.host, fleet.broker.port) as client:
+            await client.publish("microk8s/lab/rollout", json.dumps(rollout), qos=1, retain=True)
+        text = await page.wait_for(
+            "document.getElementById('rollout').hidden ? null"
+            " : document.getElementById('rollout').textContent",
             timeout_s=20,
         )
+        assert "r-1 → 1.33/stable" in text
+        assert "2 of 5 nodes · now pi-02 (soak) · failures 0 / 1 · running" in text
+        assert await page.evaluate("document.getElementById('rollout-bar').style.width") == "40%"

@@ -84,6 +84,35 @@ class OperatorClient:
             raise TransportError(f"connection to the broker lost: {exc}") from exc
 
 
+async def new_client(
+    settings: MqttSettings, identifier: str, properties: Properties | None = None
+) -> aiomqtt.Client:
+    """An unconnected operator-side client speaking `settings.protocol` (5 or 3.1.1), with
+    credentials and TLS read from their files now (so rotation just works).
+
+    Raises:
+        TransportError: a password or TLS file cannot be read.
+    """
+    password = await asyncio.to_thread(credentials.read_password, settings)
+    tls_context = (
+        await asyncio.to_thread(credentials.tls_context, settings) if settings.tls else None
+    )
+    v5 = settings.protocol == 5
+    return Client(
+        settings.host,
+        settings.port,
+        identifier=identifier,
+        username=settings.username or None,
+        password=password,
+        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+        keepalive=settings.keepalive_s,
+        timeout=10,
+        tls_context=tls_context,
+        socket_options=NO_DELAY,
+        properties=properties if v5 else None,
+    )
+
+
 @contextlib.asynccontextmanager
 async def operator_client(settings: MqttSettings, identifier: str) -> AsyncIterator[OperatorClient]:
     """Connect with `settings.protocol` (host, port, credentials and TLS from `settings`).
@@ -91,24 +120,7 @@ async def operator_client(settings: MqttSettings, identifier: str) -> AsyncItera
     Raises:
         TransportError: the broker cannot be reached or refuses the connection.
     """
-    password = await asyncio.to_thread(credentials.read_password, settings)
-    tls_context = (
-        await asyncio.to_thread(credentials.tls_context, settings) if settings.tls else None
-    )
-    client = Client(
-        settings.host,
-        settings.port,
-        identifier=identifier,
-        username=settings.username or None,
-        password=password,
-        protocol=(
-            aiomqtt.ProtocolVersion.V5 if settings.protocol == 5 else aiomqtt.ProtocolVersion.V311
-        ),
-        keepalive=settings.keepalive_s,
-        timeout=10,
-        tls_context=tls_context,
-        socket_options=NO_DELAY,
-    )
+    client = await new_client(settings, identifier)
     try:
         await client.__aenter__()
     except aiomqtt.MqttError as exc:

@@ -19,8 +19,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import TransportError
-from agent.link import credentials
-from agent.link.mqtt import NO_DELAY, Inbound, to_inbound
+from agent.link import operator_client
+from agent.link.mqtt import Inbound, to_inbound
 from agent.link.presence import backoff_delay
 from agent.logs import get_logger
 from agent.settings import MqttSettings
@@ -65,25 +65,9 @@ async def watch(
     attempt = 0
     while True:
         try:
-            password = await asyncio.to_thread(credentials.read_password, settings)
-            tls = (
-                await asyncio.to_thread(credentials.tls_context, settings) if settings.tls else None
-            )
-            v5 = settings.protocol == 5
-            client = aiomqtt.Client(
-                settings.host,
-                settings.port,
-                identifier=identifier,
-                username=settings.username or None,
-                password=password,
-                protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-                keepalive=settings.keepalive_s,
-                timeout=10,
-                tls_context=tls,
-                socket_options=NO_DELAY,
-                # MQTT 3.1.1 has no packet size limit to ask for; the view still checks sizes.
-                properties=_connect_properties(max_packet_bytes) if v5 else None,
-                clean_session=None if v5 else True,
+            # MQTT 3.1.1 has no packet size to ask for (the view still checks sizes itself).
+            client = await operator_client.new_client(
+                settings, identifier, _connect_properties(max_packet_bytes)
             )
             async with client:
                 for topic_filter in filters:
