@@ -54,6 +54,9 @@ PURE_MODULES = (
     "agent.config_rules",
     "agent.operator.roster",
     "agent.operator.rollout_plan",
+    "agent.operator.dashboard.fleet_view",
+    "agent.operator.dashboard.rows",
+    "agent.operator.dashboard.access",
 )
 IMPURE_LIBRARIES = frozenset(
     {"aiohttp", "aiomqtt", "paho", "psutil", "asyncio", "socket", "ssl", "subprocess", "urllib"}

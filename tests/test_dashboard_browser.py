@@ -164,8 +164,8 @@ async def test_phone_width_and_polling_fallback(fleet: Lab, tmp_path: Path) -> N
         assert layout["display"] == "block"
         assert json.loads(layout["label"]) == "node"
         # Polling still follows changes: a rollout report appears in the banner.
-        rollout = {"rollout": "r-1", "channel": "1.33/stable", "node": "pi-02", "step": "soak"}
-        rollout.update(done=2, total=5, failures=0, max_failures=1, state="running")
+        rollout: dict[str, Any] = {"rollout": "r-1", "channel": "1.33/stable", "node": "pi-02"}
+        rollout.update(step="soak", done=2, total=5, failures=0, max_failures=1, state="running")
         async with aiomqtt.Client(fleet.broker.host, fleet.broker.port) as client:
             await client.publish("microk8s/lab/rollout", json.dumps(rollout), qos=1, retain=True)
         text = await page.wait_for(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import logs
 from agent.errors import ConfigError
+from agent.operator import exits
 from agent.operator import settings as opsettings
 from agent.operator.dashboard import access
 
@@ -26,10 +27,6 @@ if TYPE_CHECKING:
     from agent.operator.dashboard.server import DashboardOptions
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_FAILED = 1
 
 
 def add_command(sub: Subparsers) -> None:
@@ -57,7 +54,9 @@ def add_command(sub: Subparsers) -> None:
         metavar="SECONDS",
         help="an online node's health older than this is shown STALE (default 90)",
     )
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="log level (info)"
+    )
     opsettings.add_options(parser)
     parser.set_defaults(func=cmd_dashboard)
 
@@ -113,7 +112,7 @@ def cmd_dashboard(ns: argparse.Namespace) -> int:
         options = options_from(ns)
     except ConfigError as exc:
         print(f"edge-agent dashboard: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exits.USAGE
     logs.configure(ns.log_level or "info", "auto")
     from agent.operator.dashboard import server
 
@@ -125,8 +124,8 @@ def cmd_dashboard(ns: argparse.Namespace) -> int:
             _until_signal(server.serve(operator.mqtt, operator.cluster, options, client_id))
         )
     except KeyboardInterrupt:
-        return EXIT_OK
+        return exits.OK
     except OSError as exc:
         print(f"edge-agent dashboard: cannot listen: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+        return exits.LOCAL
+    return exits.OK
