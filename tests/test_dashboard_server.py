@@ -143,11 +143,13 @@ async def test_token_then_cookie(broker: Broker) -> None:
                 assert "token" in await answer.text()
             async with session.get(f"{base}/?token={TOKEN}", allow_redirects=False) as answer:
                 assert answer.status == 303
-                assert answer.headers["Location"] == "/"
+                assert answer.headers["Location"] == "./"
                 assert TOKEN not in answer.headers["Set-Cookie"]
                 assert "HttpOnly" in answer.headers["Set-Cookie"]
             async with session.get(f"{base}/") as answer:
                 assert answer.status == 200  # the cookie now
+            async with session.get(f"{base}/api/fleet?token={TOKEN}", allow_redirects=False) as a:
+                assert a.headers["Location"] == "fleet"  # relative: works behind a path prefix
             async with session.get(f"{base}/events") as answer:
                 assert answer.status == 200
         async with aiohttp.ClientSession() as session:

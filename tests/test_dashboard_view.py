@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.operator.dashboard import access, rows
 from agent.operator.dashboard.fleet_view import MAX_PAYLOAD_BYTES, FleetView
@@ -377,3 +379,64 @@ def test_weak_tokens_are_refused() -> None:
     assert access.check_token("short") is not None
     assert access.check_token("with a space in it!!") is not None
     assert access.check_token(TOKEN) is None
+
+
+# -- fuzzing: nothing a neighbour publishes can raise, and the snapshot is always JSON ----------
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5)
+    ),
+    max_leaves=25,
+)
+FIELDS = st.sampled_from(
+    [
+        "state",
+        "session",
+        "ts",
+        "reason",
+        "status",
+        "reasons",
+        "system",
+        "microk8s",
+        "role",
+        "verdict",
+        "quorum",
+        "cluster",
+        "readiness",
+        "leader",
+        "maintenance",
+        "verb",
+        "done",
+    ]
+)
+OBJECTS = st.dictionaries(FIELDS | st.text(max_size=8), JSON_VALUES, max_size=8)
+LEAVES = st.sampled_from(["state", "health", "ha", "cmd/c-1", "cmd/_invalid", "cmd", "x/y", ""])
+NAMES = st.sampled_from(["pi-01", "pi-02", "", "+", "a" * 70]) | st.text(max_size=10)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            NAMES, LEAVES, OBJECTS.map(lambda o: json.dumps(o).encode()) | st.binary(max_size=40)
+        ),
+        max_size=12,
+    )
+)
+def test_any_messages_fold_without_raising(messages: list[tuple[str, str, bytes]]) -> None:
+    view = FleetView("microk8s", "lab")
+    for node, leaf, payload in messages:
+        view.apply(f"{BASE}/{node}/{leaf}", payload, NOW)
+        view.apply("microk8s/lab/rollout", payload, NOW)
+    snap = snapshot(view)
+    json.dumps(snap, allow_nan=False)  # what the page receives is strict JSON
+    assert [r["severity"] for r in snap["nodes"]] == sorted(
+        (r["severity"] for r in snap["nodes"]),
+        key=lambda s: {"critical": 0, "warning": 1, "ok": 2}[s],
+    )

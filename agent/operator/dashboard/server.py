@@ -58,7 +58,15 @@ class Hub:
         self._changed = asyncio.Event()
 
     def on_message(self, inbound: Inbound) -> None:
-        if self.view.apply(inbound.topic, inbound.payload, time.time()):
+        # The view is written never to raise on input (fuzzed in tests); should a bug slip
+        # through, one message is lost and logged, and the page stays up.
+        try:
+            changed = self.view.apply(inbound.topic, inbound.payload, time.time())
+        except Exception:
+            self.view.ignored += 1
+            log.exception("dashboard_message_failed", topic=inbound.topic[:200])
+            return
+        if changed:
             self._wake()
 
     def on_status(self, status: watcher.LinkStatus) -> None:
@@ -141,9 +149,9 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         )
     if decision.set_cookie:
         # Drop the token from the address bar (and history) once the cookie holds its proof.
-        response: web.StreamResponse = web.Response(
-            status=303, headers={"Location": request.rel_url.path}
-        )
+        # A relative Location, so a reverse proxy that serves the page under a prefix still works.
+        last = request.rel_url.path.rsplit("/", 1)[-1]
+        response: web.StreamResponse = web.Response(status=303, headers={"Location": last or "./"})
         assert options.token is not None  # noqa: S101 - set_cookie implies a token
         response.set_cookie(
             access.COOKIE, access.cookie_value(options.token), httponly=True, samesite="Strict"
@@ -196,7 +204,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             await hub.changed(HEARTBEAT_S)
             # Coalesce bursts (a fleet's health messages arrive together after a reconnect).
             await asyncio.sleep(max(0.0, MIN_PUSH_INTERVAL_S - (time.monotonic() - sent_at)))
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:
         pass
     finally:
         hub.clients -= 1
