@@ -148,8 +148,6 @@ async def test_token_then_cookie(broker: Broker) -> None:
                 assert "HttpOnly" in answer.headers["Set-Cookie"]
             async with session.get(f"{base}/") as answer:
                 assert answer.status == 200  # the cookie now
-            async with session.get(f"{base}/api/fleet?token={TOKEN}", allow_redirects=False) as a:
-                assert a.headers["Location"] == "fleet"  # relative: works behind a path prefix
             async with session.get(f"{base}/events") as answer:
                 assert answer.status == 200
         async with aiohttp.ClientSession() as session:
@@ -158,6 +156,9 @@ async def test_token_then_cookie(broker: Broker) -> None:
                 assert answer.status == 200
             async with session.get(f"{base}/?token=wrong-token-wrong", allow_redirects=False) as a:
                 assert a.status == 401
+            async with session.get(f"{base}/api/fleet?token={TOKEN}", allow_redirects=False) as a:
+                assert a.status == 303
+                assert a.headers["Location"] == "fleet"  # relative: works behind a path prefix
 
 
 async def test_broker_outage_is_shown_and_healed(make_broker: Any) -> None:

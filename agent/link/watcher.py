@@ -11,8 +11,9 @@ aiomqtt/paho errors never leave this module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -48,6 +49,44 @@ def _connect_properties(max_packet_bytes: int) -> Properties:
     return props
 
 
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that Python 3.11 lost.
+
+    aiomqtt waits for a SUBACK with asyncio.wait_for, which on 3.11 swallows a cancel that lands
+    as the SUBACK arrives (CPython gh-86296, fixed in 3.12): the dashboard then never stopped.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+@contextlib.asynccontextmanager
+async def _connected(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
+    """`async with client`, except that a cancellation during the connect waits for it to end,
+    and a failed disconnect never hides the exception that made us leave.
+
+    aiomqtt cancelled between the socket opening and the CONNACK leaves its network task running
+    on a half-open session (it is then garbage-collected with the loop closed); the connect is
+    bounded by the client's timeout, so waiting for it and leaving cleanly costs little.
+    """
+    entering = asyncio.ensure_future(client.__aenter__())
+    try:
+        await asyncio.shield(entering)
+    except asyncio.CancelledError:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await entering
+            await client.__aexit__(None, None, None)
+        raise
+    try:
+        yield client
+    finally:
+        # A DISCONNECT that fails changes nothing for us; letting its MqttError out would replace
+        # the exception in flight, and a cancellation would then be taken for a lost link and
+        # retried forever (seen in tests: the broker answers a late DISCONNECT with code 128).
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.__aexit__(None, None, None)
+
+
 async def watch(
     settings: MqttSettings,
     identifier: str,
@@ -69,9 +108,10 @@ async def watch(
             client = await operator_client.new_client(
                 settings, identifier, _connect_properties(max_packet_bytes)
             )
-            async with client:
+            async with _connected(client):
                 for topic_filter in filters:
                     await client.subscribe(topic_filter, qos=1)
+                    _raise_if_cancelled()
                 attempt = 0
                 on_status(LinkStatus(connected=True))
                 log.info("watcher_connected", host=settings.host, port=settings.port)
