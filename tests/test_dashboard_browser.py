@@ -18,7 +18,7 @@ import pytest
 from tests import cdp
 from tests.dashboard_lab import NODES, Lab, lab, wait_fleet
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(300)]
 
 ROWS = """
 [...document.querySelectorAll('#rows tr')].map(tr => ({
@@ -61,7 +61,7 @@ def healthy(snapshot: dict[str, Any]) -> bool:
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[Lab]:
     async with lab(tmp_path) as running:
-        await wait_fleet(running, healthy, 60)
+        await wait_fleet(running, healthy, 120)
         yield running
 
 
@@ -75,7 +75,7 @@ async def until_row(page: cdp.Page, node: str, inside: str, prop: str, expected:
     await page.wait_for(
         f"(({element}) || {{}}).{prop.replace('.', '?.')}",
         check=lambda value: value == expected,
-        timeout_s=30,
+        timeout_s=45,
     )
 
 
