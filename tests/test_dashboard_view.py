@@ -259,7 +259,17 @@ def test_banner_from_the_cluster_view_with_readiness_and_leader(view: FleetView)
         "quorum": {"size": 3, "reachable": 2, "needed": 2, "margin": 0},
         "reasons": ["only 2 of 3 voters"],
     }
-    readiness = {"score": 67, "factors": {"standby": False, "voters_up": 2, "x" * 99: "y" * 99}}
+    readiness = {
+        "score": 67,
+        "factors": {
+            "margin": {"value": 1, "points": 20, "max": 40},  # docs/ha.md's scored factors
+            "spread": {"domains": {"0": 3}},  # no points: not shown
+            "standby": False,
+            "voters_up": 2,
+            "x" * 99: "y" * 99,
+        },
+        "reasons": ["no online stand-by or spare: a lost voter cannot be replaced"],
+    }
     for name in ("pi-01", "pi-02"):
         put(view, name, "state", online())
         put(
@@ -297,6 +307,11 @@ def test_banner_from_the_cluster_view_with_readiness_and_leader(view: FleetView)
     assert banner["leader"] == "pi-02"
     assert banner["readiness"]["score"] == 67
     assert banner["readiness"]["factors"]["standby"] is False
+    assert banner["readiness"]["factors"]["margin"] == "20/40"
+    assert "spread" not in banner["readiness"]["factors"]
+    assert banner["readiness"]["reasons"] == [
+        "no online stand-by or spare: a lost voter cannot be replaced"
+    ]
     assert all(len(key) <= 40 for key in banner["readiness"]["factors"])
     assert by_name(snapshot(view))["pi-02"]["leader"]
 

@@ -179,18 +179,31 @@ def _quorum(value: object) -> dict[str, float | None]:
     return {key: _number(q.get(key)) for key in ("size", "reachable", "needed", "margin")}
 
 
+def _factor(item: object) -> bool | float | str | None:
+    """A readiness factor as shown: `points/max` when scored (docs/ha.md), else its value."""
+    if isinstance(item, dict):
+        points, top = _number(item.get("points")), _number(item.get("max"))
+        return None if points is None or top is None else f"{points:g}/{top:g}"
+    if isinstance(item, bool):
+        return item
+    number = _number(item)
+    return number if number is not None else _text(item, 60)
+
+
 def _readiness(value: object) -> dict[str, Any] | None:
     readiness = _dict(value)
     if not readiness:
         return None
     factors: dict[str, Any] = {}
     for key, item in list(_dict(readiness.get("factors")).items())[:MAX_FACTORS]:
-        shown: bool | float | str | None = item if isinstance(item, bool) else _number(item)
-        if shown is None:
-            shown = _text(item, 60)
+        shown = _factor(item)
         if shown is not None:
             factors[str(key)[:40]] = shown
-    return {"score": _number(readiness.get("score")), "factors": factors}
+    return {
+        "score": _number(readiness.get("score")),
+        "factors": factors,
+        "reasons": _reasons(readiness.get("reasons")),
+    }
 
 
 def read_ha(body: Mapping[str, Any]) -> HaReport:

@@ -97,6 +97,9 @@
     for (const d of b.disagree || []) note(notes, d.node + " reports " + d.verdict, "warn");
     for (const m of b.maintenance || []) note(notes, m.node + ": " + m.reason, "warn");
     for (const text of b.skew || []) note(notes, text, "warn");
+    for (const text of (b.readiness && b.readiness.reasons) || []) {
+      note(notes, "failover readiness: " + text, "");
+    }
     drawRollout(b.rollout);
   }
 
