@@ -26,9 +26,11 @@ TOKEN = "s3cret-token-for-tests"
 
 
 @contextlib.asynccontextmanager
-async def dashboard(broker: Broker, token: str | None = None) -> AsyncIterator[str]:
+async def dashboard(
+    broker: Broker, token: str | None = None, protocol: int = 5
+) -> AsyncIterator[str]:
     options = server.DashboardOptions(port=free_port(), token=token)
-    mqtt = MqttSettings(host=broker.host, port=broker.port, keepalive_s=5)
+    mqtt = MqttSettings(host=broker.host, port=broker.port, keepalive_s=5, protocol=protocol)
     task = asyncio.create_task(server.serve(mqtt, "lab", options, "dashboard-test"))
     try:
         await asyncio.to_thread(wait_port, "127.0.0.1", options.port, 10)
@@ -63,6 +65,7 @@ def state(session: int = 1) -> bytes:
 
 
 async def test_untrusted_retained_messages_never_break_the_view(broker: Broker) -> None:
+    """MQTT 5 by default (p5 in mosquitto's log), so the broker enforces our packet size."""
     await retain(
         broker,
         (f"{BASE}/pi-01/state", state()),
@@ -81,6 +84,17 @@ async def test_untrusted_retained_messages_never_break_the_view(broker: Broker) 
     # The bad JSON, the binary and the hostile name are counted; the 300 kB message never
     # reaches us at all (MQTT 5 Maximum Packet Size: the broker drops it).
     assert body["ignored_messages"] == 3
+    assert "as dashboard-test (p5," in broker.log_path.read_text()
+
+
+async def test_mqtt_311_broker(broker: Broker) -> None:
+    """`--protocol 3`: the watcher speaks MQTT 3.1.1 (no packet size to ask; the view bounds)."""
+    await retain(broker, (f"{BASE}/pi-01/state", state()))
+    async with dashboard(broker, protocol=3) as base:
+        body = await fleet_when(base, lambda b: b["nodes"])
+    assert body["nodes"][0]["presence"] == "online"
+    # mosquitto logs the protocol of each client: p2 is MQTT 3.1.1, p5 is MQTT 5.
+    assert "as dashboard-test (p2," in broker.log_path.read_text()
 
 
 async def test_page_is_self_contained_with_a_strict_policy(broker: Broker) -> None:
