@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterator
 
 import aiomqtt
@@ -121,8 +120,7 @@ async def operator_client(settings: MqttSettings, identifier: str) -> AsyncItera
     Raises:
         TransportError: the broker cannot be reached or refuses the connection.
     """
-    # send/nodes/fleet speak MQTT 5 whatever `protocol` says (Response Topic, Correlation Data).
-    client = await new_client(dataclasses.replace(settings, protocol=5), identifier)
+    client = await new_client(settings, identifier)
     try:
         await client.__aenter__()
     except aiomqtt.MqttError as exc:
