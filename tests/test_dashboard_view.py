@@ -455,3 +455,15 @@ def test_any_messages_fold_without_raising(messages: list[tuple[str, str, bytes]
         (r["severity"] for r in snap["nodes"]),
         key=lambda s: {"critical": 0, "warning": 1, "ok": 2}[s],
     )
+
+
+def test_replay_topics_only_for_nodes_the_view_holds(view: FleetView) -> None:
+    assert view.replay_topics(f"{BASE}/pi-01/health") == []  # not accepted (yet)
+    put(view, "pi-01", "health", health())
+    assert view.replay_topics(f"{BASE}/pi-01/health") == [
+        f"{BASE}/pi-01/state",
+        f"{BASE}/pi-01/health",
+        f"{BASE}/pi-01/ha",
+    ]
+    assert view.replay_topics("microk8s/lab/rollout") == []
+    assert view.replay_topics("elsewhere/pi-01/health") == []

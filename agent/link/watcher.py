@@ -41,12 +41,26 @@ class LinkStatus:
 
 MessageHandler = Callable[[Inbound], None]
 StatusHandler = Callable[[LinkStatus], None]
+# For a received message, the exact topics whose retained copies to fetch once (see `watch`).
+Replay = Callable[[Inbound], Sequence[str]]
+
+
+def _no_replay(_inbound: Inbound) -> Sequence[str]:
+    return ()
 
 
 def _connect_properties(max_packet_bytes: int) -> Properties:
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.MaximumPacketSize = max_packet_bytes
     return props
+
+
+async def _fetch_retained(client: aiomqtt.Client, topic: str) -> None:
+    """SUBSCRIBE then UNSUBSCRIBE one exact topic: the broker sends its retained copy between."""
+    await client.subscribe(topic, qos=1)
+    _raise_if_cancelled()
+    await client.unsubscribe(topic)
+    _raise_if_cancelled()
 
 
 def _raise_if_cancelled() -> None:
@@ -94,12 +108,18 @@ async def watch(
     on_message: MessageHandler,
     on_status: StatusHandler,
     *,
+    replay: Replay = _no_replay,
     max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES,
 ) -> None:
     """Subscribe to `filters` and deliver messages until cancelled; never returns otherwise.
 
-    Credential or TLS files that cannot be read are reported through `on_status` and retried
-    like a refused connection, so the page says why it shows nothing.
+    Some brokers (RabbitMQ 3.10, docs/brokers.md) replay retained messages to exact
+    subscriptions only, never to wildcards: for each topic `replay` names after a message (the
+    other leaves of a node just heard from), the watcher subscribes to it once per connection
+    and unsubscribes right after the SUBACK, which fetches the retained copy without a second,
+    overlapping subscription that would deliver every later message twice. Credential or TLS
+    files that cannot be read are reported through `on_status` and retried like a refused
+    connection, so the page says why it shows nothing.
     """
     attempt = 0
     while True:
@@ -115,8 +135,14 @@ async def watch(
                 attempt = 0
                 on_status(LinkStatus(connected=True))
                 log.info("watcher_connected", host=settings.host, port=settings.port)
+                replayed: set[str] = set()
                 async for message in client.messages:
-                    on_message(to_inbound(message))
+                    inbound = to_inbound(message)
+                    on_message(inbound)
+                    fresh = [t for t in replay(inbound) if t not in replayed]
+                    replayed.update(fresh)
+                    for topic in fresh:
+                        await _fetch_retained(client, topic)
         except (aiomqtt.MqttError, TransportError, OSError, ValueError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             on_status(LinkStatus(connected=False, error=reason))

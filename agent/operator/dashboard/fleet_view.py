@@ -293,6 +293,15 @@ class FleetView:
         leaves = ("state", "health", "ha", "cmd/+")
         return [f"{self._head}+/{leaf}" for leaf in leaves] + [self._rollout_topic]
 
+    def replay_topics(self, topic: str) -> list[str]:
+        """The exact leaves of a node this view holds, to fetch their retained copies (watcher)."""
+        if not topic.startswith(self._head):
+            return []
+        node = topic[len(self._head) :].partition("/")[0]
+        if node not in self.nodes:
+            return []
+        return [f"{self._head}{node}/{leaf}" for leaf in ("state", "health", "ha")]
+
     def apply(self, topic: str, payload: bytes, received_at: float) -> bool:
         """Fold one message in; True when the snapshot changed."""
         changed = self._apply(topic, payload, received_at)

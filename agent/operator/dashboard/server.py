@@ -239,6 +239,13 @@ async def serve(
         site = web.TCPSite(runner, options.bind, options.port, reuse_address=True)
         await site.start()
         log.info("dashboard_listening", bind=options.bind, port=options.port, cluster=cluster)
-        await watcher.watch(mqtt, client_id, view.filters(), hub.on_message, hub.on_status)
+        await watcher.watch(
+            mqtt,
+            client_id,
+            view.filters(),
+            hub.on_message,
+            hub.on_status,
+            replay=lambda inbound: view.replay_topics(inbound.topic),
+        )
     finally:
         await asyncio.shield(runner.cleanup())
