@@ -27,11 +27,12 @@ TOKEN = "s3cret-token-for-tests"
 
 @contextlib.asynccontextmanager
 async def dashboard(
-    broker: Broker, token: str | None = None, protocol: int = 5
+    broker: Broker, token: str | None = None, protocol: int = 5, cluster: str = "lab"
 ) -> AsyncIterator[str]:
+    """The dashboard in-process on a free port; yields its base URL."""
     options = server.DashboardOptions(port=free_port(), token=token)
     mqtt = MqttSettings(host=broker.host, port=broker.port, keepalive_s=5, protocol=protocol)
-    task = asyncio.create_task(server.serve(mqtt, "lab", options, "dashboard-test"))
+    task = asyncio.create_task(server.serve(mqtt, cluster, options, "dashboard-test"))
     try:
         await asyncio.to_thread(wait_port, "127.0.0.1", options.port, 10)
         yield f"http://127.0.0.1:{options.port}"

@@ -6,47 +6,17 @@ from live must still show its retained presence, fetched through the watcher's e
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Any
 
-import aiohttp
 import pytest
 
-from agent.operator.dashboard import server
-from agent.settings import MqttSettings
-from tests.conftest import free_port, wait_port, watch
+from tests.conftest import watch
 from tests.interop.conftest import BrokerFor
 from tests.interop.test_brokers import PAIR_IDS, PAIRS, _as_broker, _version
+from tests.test_dashboard_server import dashboard, fleet_when
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-
-
-@contextlib.asynccontextmanager
-async def dashboard(mqtt: MqttSettings, cluster: str) -> AsyncIterator[str]:
-    options = server.DashboardOptions(port=free_port())
-    task = asyncio.create_task(server.serve(mqtt, cluster, options, f"dash-{cluster}"))
-    try:
-        await asyncio.to_thread(wait_port, "127.0.0.1", options.port, 10)
-        yield f"http://127.0.0.1:{options.port}/api/fleet"
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def fleet_when(url: str, check: Any, timeout_s: float = 20) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while True:
-            async with session.get(url) as answer:
-                body: dict[str, Any] = await answer.json()
-            if check(body) or time.monotonic() > deadline:
-                return body
-            await asyncio.sleep(0.2)
 
 
 @pytest.mark.parametrize(("kind", "protocol"), PAIRS, ids=PAIR_IDS)
@@ -59,8 +29,7 @@ async def test_retained_presence_of_a_node_heard_live(
     birth = {"state": "online", "session": 4, "ts": time.time(), "agent_version": "9.9.9"}
     async with watch(_as_broker(broker), protocol=_version(protocol), identifier="pub") as w:
         await w.publish(f"{base}/state", json.dumps(birth), qos=1, retain=True)
-        mqtt = MqttSettings(host=broker.host, port=broker.port, protocol=protocol)
-        async with dashboard(mqtt, cluster) as url:
+        async with dashboard(_as_broker(broker), protocol=protocol, cluster=cluster) as url:
             # Connected means subscribed (the watcher reports it after the SUBACKs).
             await fleet_when(url, lambda body: body["broker"]["connected"])
             health = {"status": "ok", "ts": time.time(), "reasons": []}
