@@ -94,3 +94,31 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+class DropLog:
+    """Counts dropped messages and logs them as counts, never one line per message.
+
+    A flood of junk (50k messages in 10 s) must not turn into 50k log lines on an SD card: the
+    first drop of a burst is logged at once, later ones are summed into one line per
+    `every_s` (the next drop after that interval carries the count).
+    """
+
+    def __init__(self, event: str, every_s: float = 10.0) -> None:
+        self._log = get_logger("agent.drops")
+        self._event = event
+        self._every_s = every_s
+        self._pending = 0
+        self._next_at = 0.0
+        self.total = 0
+
+    def drop(self, now: float, **fields: Any) -> None:
+        """Count one drop at monotonic time `now`; `fields` describe the latest one."""
+        self.total += 1
+        self._pending += 1
+        if now >= self._next_at:
+            self._log.warning(
+                self._event, dropped=self._pending, dropped_total=self.total, **fields
+            )
+            self._pending = 0
+            self._next_at = now + self._every_s

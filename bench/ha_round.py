@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import tempfile
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from agent.ha import peers, probes, quorum
 from agent.ha.membership import Member, Membership
+from agent.link import inbound
 from tests.cluster_fakes import FakeMember, loopback_block, self_signed
 
 TIMEOUT_S = 0.5
@@ -53,7 +55,8 @@ def _pure(members: tuple[Member, ...], evaluations: int) -> float:
     book = peers.PeerBook("n0", 60.0)
     own = quorum.build_verdict(obs)
     for i in range(1, 4):
-        book.record_verdict(f"n{i}", {**own, "node": f"n{i}"}, 0.0)
+        peer = json.dumps({**own, "node": f"n{i}"}).encode()
+        book.record_verdict(f"n{i}", inbound.decode_peer_verdict(peer, f"n{i}"), 0.0)
     started = time.perf_counter()
     for _ in range(evaluations):
         book.view(quorum.build_verdict(obs), 1.0)

@@ -15,6 +15,7 @@ import pytest
 from agent.cli import _extra_commands, build_parser
 from agent.cli import main as cli_main
 from agent.commands import wire
+from agent.link.inbound import Invalid, parse_object
 from agent.operator import exits, tools
 from agent.operator.roster import Roster
 from tests.commands_helpers import NODE, commands_config, fake_env, mutating_calls, ready
@@ -186,6 +187,26 @@ def _all_parsers(
             for child_name, child in action.choices.items():
                 found.extend(_all_parsers(child, f"{name} {child_name}"))
     return found
+
+
+def test_nodes_table_survives_a_malformed_retained_health() -> None:
+    # Issue 11: one node's retained health of the wrong shape crashed `edge-agent nodes`.
+    hostile = [
+        b'{"system": [1], "microk8s": "v1", "ts": 1' + b"0" * 400 + b"}",
+        b'{"system": {"temperature_c": 1' + b"0" * 400 + b'}, "microk8s": {"version": {}}}',
+        b'{"system": {"temperature_c": "hot"}, "status": {"x": 1}, "ts": null}',
+        b'{"system": ' + b"[" * 2000 + b"]" * 2000 + b"}",
+        b'{"status": "\\ud800"}',
+    ]
+    for health in hostile:
+        roster = Roster("microk8s", "lab")
+        roster.feed("microk8s/lab/nodes/pi-09/state", b'{"state": ["online"], "ts": 1e999}')
+        roster.feed("microk8s/lab/nodes/pi-09/health", health)
+        rows = tools.node_rows(roster, 1.0)
+        assert rows[1][0] == "pi-09"
+        assert rows[1][5] == "-"
+    deep = b'{"system": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+    assert isinstance(parse_object(deep), Invalid)
 
 
 # -- against a live agent -------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from agent.ha import peers
+from agent.link import inbound
 
 A, B, C = "127.0.0.11:19001", "127.0.0.12:19001", "127.0.0.13:19001"
 NODES = {A: "pi-01", B: "pi-02", C: "pi-03"}
@@ -24,10 +26,19 @@ def statuses(view: dict[str, Any]) -> dict[str, str]:
     return {m["node"]: m["status"] for m in view["members"]}
 
 
+def verdict(node: str, body: object) -> inbound.PeerVerdict | inbound.Cleared | inbound.Invalid:
+    """A peer's verdict as the HA monitor hands it over: decoded from the wire."""
+    return inbound.decode_peer_verdict(b"" if body is None else json.dumps(body).encode(), node)
+
+
+def presence(body: dict[str, Any]) -> inbound.Presence | inbound.Cleared | inbound.Invalid:
+    return inbound.decode_presence(json.dumps(body).encode())
+
+
 def book_with(*peer_reports: dict[str, Any], at: float = 0.0) -> peers.PeerBook:
     book = peers.PeerBook("pi-01", WINDOW)
     for r in peer_reports:
-        book.record_verdict(r["node"], r, at)
+        book.record_verdict(r["node"], verdict(r["node"], r), at)
     return book
 
 
@@ -77,7 +88,7 @@ def test_stale_and_offline_reporters_do_not_count() -> None:
     assert statuses(book.view(report("pi-01"), now=WINDOW + 1))["pi-03"] == "up"
     assert book.view(report("pi-01"), now=WINDOW + 1)["reporters"] == ["pi-01"]
     book = book_with(report("pi-02", {C}), report("pi-03", {C}))
-    book.record_presence("pi-02", {"state": "offline", "session": 4})
+    book.record_presence("pi-02", presence({"state": "offline", "session": 4}))
     view = book.view(report("pi-01"), now=1.0)
     assert view["reporters"] == ["pi-01", "pi-03"]
     assert statuses(view)["pi-03"] == "up"
@@ -85,8 +96,10 @@ def test_stale_and_offline_reporters_do_not_count() -> None:
 
 def test_agent_down_when_dqlite_answers() -> None:
     book = book_with(report("pi-02"))
-    book.record_presence("pi-03", {"state": "online", "session": 7})
-    book.record_presence("pi-03", {"state": "offline", "session": 7, "reason": "connection lost"})
+    book.record_presence("pi-03", presence({"state": "online", "session": 7}))
+    book.record_presence(
+        "pi-03", presence({"state": "offline", "session": 7, "reason": "connection lost"})
+    )
     view = book.view(report("pi-01"), now=1.0)
     assert statuses(view)["pi-03"] == "agent_down"
     assert view["quorum"]["reachable"] == 3
@@ -94,8 +107,8 @@ def test_agent_down_when_dqlite_answers() -> None:
 
 def test_a_stale_will_does_not_override_a_newer_birth() -> None:
     book = book_with()
-    book.record_presence("pi-03", {"state": "online", "session": 8})
-    book.record_presence("pi-03", {"state": "offline", "session": 7})
+    book.record_presence("pi-03", presence({"state": "online", "session": 8}))
+    book.record_presence("pi-03", presence({"state": "offline", "session": 7}))
     assert not book.offline("pi-03")
 
 
@@ -109,16 +122,16 @@ def test_maintenance_is_not_a_failure_but_does_not_vote() -> None:
 
 def test_own_echo_and_mismatched_payloads_are_ignored() -> None:
     book = book_with()
-    book.record_verdict("pi-01", report("pi-01", {B, C}), 0.0)
-    book.record_verdict("pi-02", report("pi-03"), 0.0)
-    book.record_verdict("pi-02", "not a verdict", 0.0)
+    book.record_verdict("pi-01", verdict("pi-01", report("pi-01", {B, C})), 0.0)
+    book.record_verdict("pi-02", verdict("pi-02", report("pi-03")), 0.0)
+    book.record_verdict("pi-02", verdict("pi-02", "not a verdict"), 0.0)
     assert book.view(report("pi-01"), now=1.0)["reporters"] == ["pi-01"]
 
 
 def test_empty_retained_message_forgets_the_peer() -> None:
     book = book_with(report("pi-02", {C}), report("pi-03", {C}))
-    book.record_verdict("pi-02", None, 1.0)
-    book.record_verdict("pi-03", None, 1.0)
+    book.record_verdict("pi-02", verdict("pi-02", None), 1.0)
+    book.record_verdict("pi-03", verdict("pi-03", None), 1.0)
     assert statuses(book.view(report("pi-01"), now=1.0))["pi-03"] == "up"
 
 

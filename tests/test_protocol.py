@@ -57,7 +57,9 @@ UNREADABLE = [
     (b'{"id": "c.1"}', "A-Z a-z 0-9 _ -"),
     (b'{"id": "c:1"}', "A-Z a-z 0-9 _ -"),
     (json.dumps({"id": "a" * 65}).encode(), "missing or invalid id"),
-    (b"[" * 60_000, "not valid JSON"),  # deep nesting: RecursionError inside json
+    (b"[" * 60_000, "nests 60000 levels deep"),  # refused before json.loads recurses
+    (b'{"id": "a", "x": ' + b"[" * 999 + b"]" * 999 + b"}", "levels deep"),
+    (b'{"id": "\\ud800"}', "lone UTF-16 surrogate"),
 ]
 
 

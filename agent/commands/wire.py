@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.errors import AgentError
+from agent.link import inbound
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 # Every broker carries these characters in a topic level (`R/cmd/{id}`): NATS refuses `.` and
@@ -114,26 +115,17 @@ class Limits:
     clock_skew_s: float
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def decode(payload: bytes) -> Decoded:
     """Read the payload into an object with a readable id.
 
     Raises:
         Rejected: with command_id None (answer on `R/cmd/_invalid`).
     """
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise Rejected(f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes")
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Rejected(f"payload is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        body = json.loads(text, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:
-        raise Rejected(f"payload is not valid JSON: {_short(str(exc))}") from None
+    # Bounded size and depth before json.loads recurses, no lone surrogates (they could not be
+    # echoed back in a rejection): agent.link.inbound, the decoder of everything from the broker.
+    body = inbound.parse_json(payload, max_bytes=MAX_PAYLOAD_BYTES)
+    if isinstance(body, inbound.Invalid):
+        raise Rejected(body.reason)
     if not isinstance(body, dict):
         raise Rejected(f"payload must be a JSON object, not {_json_type(body)}")
     command_id = body.get("id")

@@ -16,7 +16,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ from agent.errors import AgentError, TransportError
 from agent.ha import dqlite, failover, membership, peers, probes, quorum, readiness, reconcile
 from agent.ha.dqlite_wire import LiveView
 from agent.health.state import AgentState
+from agent.link import inbound as inbound_decode
 from agent.link.mqtt import Inbound, Link
 from agent.link.topics import Topics
 from agent.logs import get_logger
@@ -95,9 +95,13 @@ class HaMonitor:
 
     def attach(self) -> None:
         """Subscribe to the peers' verdicts and presence; republish after every reconnect."""
-        self._link.subscribe(self._topics.peers("ha"), 1, self._on_peer_ha)
-        self._link.subscribe(self._topics.peers("state"), 1, self._on_peer_state)
-        self._link.subscribe(self._topics.peers("health"), 1, self._on_peer_health)
+        # QoS 0: these are retained states (the latest wins, a reconnect brings them again), and
+        # a QoS 1 message the broker cannot deliver (beyond our Maximum Packet Size) would hold
+        # one of our in-flight slots: a neighbour's 21 oversized messages would then stall our
+        # commands on a broker without max_packet_size (bench/flood.py --target peer).
+        self._link.subscribe(self._topics.peers("ha"), 0, self._on_peer_ha)
+        self._link.subscribe(self._topics.peers("state"), 0, self._on_peer_state)
+        self._link.subscribe(self._topics.peers("health"), 0, self._on_peer_health)
         self._link.on_connect(self._on_connect)
 
     def upgrade_gate(self, force: bool) -> str | None:
@@ -118,14 +122,16 @@ class HaMonitor:
     def _on_peer_ha(self, inbound: Inbound) -> None:
         node = self._topics.node_of(inbound.topic)
         if node is not None:
-            self.peers.record_verdict(node, _decode(inbound.payload), time.monotonic())
+            verdict = inbound_decode.decode_peer_verdict(inbound.payload, node)
+            self.peers.record_verdict(node, verdict, time.monotonic())
             self._wake.set()
 
     def _on_peer_health(self, inbound: Inbound) -> None:
         # Only the risk flags are kept (a few words per node), never the whole message.
         node = self._topics.node_of(inbound.topic)
         if node is not None and node != self._settings.node.name:
-            self._flags[node] = self._risk_flags(_decode(inbound.payload))
+            health = inbound_decode.parse_object(inbound.payload) if inbound.payload else None
+            self._flags[node] = self._risk_flags(health if isinstance(health, dict) else None)
 
     def _risk_flags(self, health: Any) -> list[str] | None:
         limits = self._settings.health
@@ -134,7 +140,7 @@ class HaMonitor:
     def _on_peer_state(self, inbound: Inbound) -> None:
         node = self._topics.node_of(inbound.topic)
         if node is not None and node != self._settings.node.name:
-            self.peers.record_presence(node, _decode(inbound.payload))
+            self.peers.record_presence(node, inbound_decode.decode_presence(inbound.payload))
             self._wake.set()
 
     # --- the loop ------------------------------------------------------------------------
@@ -156,8 +162,11 @@ class HaMonitor:
     async def _wait_until(self, deadline: float) -> None:
         """Between rounds: refresh the verdict when a peer reports or maintenance changes."""
         while (remaining := deadline - time.monotonic()) > 0:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that races with the wake-up, leaving this task alive after its group (issue 11).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(remaining, POLL_S))
+                async with asyncio.timeout(min(remaining, POLL_S)):
+                    await self._wake.wait()
             # Cleared before concluding, so a report that arrives meanwhile wakes us again.
             self._wake.clear()
             obs = self._obs
@@ -187,7 +196,7 @@ class HaMonitor:
         """Subscribe to each known member's exact topics (see `member_topics`)."""
         handlers = {"state": self._on_peer_state, "ha": self._on_peer_ha}
         for leaf, topic in member_topics(self._topics, names):
-            await self._link.follow(topic, 1, handlers[leaf])
+            await self._link.follow(topic, 0, handlers[leaf])  # QoS 0: see attach()
 
     async def _observe(self) -> quorum.Observation:
         facts = self._facts()
@@ -305,7 +314,8 @@ class HaMonitor:
         if self._readyz is None:
             return None
         try:
-            return await asyncio.wait_for(self._readyz(), self._ha.probe_timeout_s)
+            async with asyncio.timeout(self._ha.probe_timeout_s):
+                return await self._readyz()
         except (AgentError, TimeoutError):
             return False
 
@@ -422,13 +432,3 @@ def member_topics(topics: Topics, names: Iterable[str]) -> Iterator[tuple[str, s
         if node != topics.node and NAME_RE.fullmatch(node):
             for leaf in ("state", "ha"):
                 yield leaf, topics.peer(node, leaf)
-
-
-def _decode(payload: bytes) -> Any:
-    """A JSON document, None for an empty (cleared) retained message or unreadable bytes."""
-    if not payload:
-        return None
-    try:
-        return json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None

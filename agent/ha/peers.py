@@ -4,7 +4,9 @@ Each agent publishes what it reached on `R/ha`. One agent's failed probe says li
 link may be the broken one), so a member counts as `down` only when most of the agents that
 reported recently could not reach it; when only this node cannot, the member is `partitioned`
 from here. The idea is SuperEdge's edge-health (neighbours vote on a node's health), carried over
-MQTT so no second control plane is needed. Fed with (node, message, received_at); no I/O.
+MQTT so no second control plane is needed. Fed with (node, decoded message, received_at): the
+messages are untrusted and arrive already reduced to typed records by `agent.link.inbound`, so
+nothing here can be tripped by a peer's odd types. No I/O.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.ha import quorum
+from agent.link.inbound import Cleared, Invalid, PeerVerdict, Presence
 
 UP = "up"
 DOWN = "down"
@@ -52,26 +55,25 @@ class PeerBook:
         self._reports: dict[str, _Report] = {}
         self._presence: dict[str, _Presence] = {}
 
-    def record_verdict(self, node: str, verdict: Any, received_at: float) -> None:
-        """Keep a peer's verdict; an empty retained message (None) forgets the peer."""
-        if node == self._own:
+    def record_verdict(
+        self, node: str, verdict: PeerVerdict | Cleared | Invalid, received_at: float
+    ) -> None:
+        """Keep a peer's verdict; an empty retained message forgets the peer."""
+        if node == self._own or isinstance(verdict, Invalid):
             return
-        if verdict is None:
+        if isinstance(verdict, Cleared):
             self._reports.pop(node, None)
-            return
-        if isinstance(verdict, Mapping) and verdict.get("node") == node:
-            self._reports[node] = _Report(verdict, received_at)
+        elif verdict.node == node:
+            self._reports[node] = _Report(verdict.as_report(), received_at)
 
-    def record_presence(self, node: str, presence: Any) -> None:
+    def record_presence(self, node: str, presence: Presence | Cleared | Invalid) -> None:
         """Keep a peer's online/offline state; a will older than the last birth is dropped."""
-        if not isinstance(presence, Mapping) or presence.get("state") not in {"online", "offline"}:
+        if not isinstance(presence, Presence):
             return
-        session = presence.get("session")
-        session = session if isinstance(session, int) else 0
         known = self._presence.get(node)
-        if known is not None and session < known.session:
+        if known is not None and presence.session < known.session:
             return
-        self._presence[node] = _Presence(str(presence["state"]), session)
+        self._presence[node] = _Presence(presence.state, presence.session)
 
     def offline(self, node: str | None) -> bool:
         known = self._presence.get(node) if node else None

@@ -12,6 +12,11 @@ connect hooks (health, HA). A controller that sends a command the moment it sees
 therefore always heard. A message that the broker refuses, or that costs the connection (NATS
 closes it for a topic it cannot map), is retried on at most POISON_ATTEMPTS connections, then
 dropped and counted, so it never blocks the messages behind it.
+
+Every byte read is untrusted (issue 11): CONNECT announces a Maximum Packet Size so the broker
+never sends a flood of 16 MB messages our way, properties paho cannot parse cost a message its
+properties (agent.link.paho_props), and no handler can end the reader: a handler's exception is
+counted, logged as a count and the message dropped.
 """
 
 from __future__ import annotations
@@ -34,10 +39,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent import durable
 from agent.errors import StateError, TransportError
-from agent.link import credentials
+from agent.link import credentials, paho_props, tls_alerts
 from agent.link.presence import backoff_delay, presence_payload
 from agent.link.topics import Topics
-from agent.logs import get_logger
+from agent.logs import DropLog, get_logger
 from agent.settings import MqttSettings
 
 log = get_logger(__name__)
@@ -58,6 +63,12 @@ PROTOCOL_HINT = (
     "the broker may not speak MQTT 5 (RabbitMQ 3.10 and NATS 2.9 do not): set mqtt.protocol = 3"
 )
 UNSUPPORTED_PROTOCOL = ("unsupported protocol version", "unacceptable protocol version")
+MAX_PACKET_BYTES = 128 * 1024
+"""MQTT 5 Maximum Packet Size sent in CONNECT: the broker drops larger messages instead of
+sending them. Commands are capped at 64 KiB (wire.MAX_PAYLOAD_BYTES) and peers' documents are a
+few KiB; without it paho reads a 16 MB message whole before any check can run."""
+STABLE_CONNECTION_S = 10.0
+"""A connection that lasted this long worked: the next reconnect starts the backoff afresh."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -155,6 +166,11 @@ class Link:
         self.last_error: str | None = None
         # The last retained payload per topic (health, ha), re-sent by `rebirth()`.
         self._retained: dict[str, bytes] = {}
+        self._connected_at: float | None = None
+        self.handler_errors = DropLog("mqtt_handler_failed")
+        self._mqtt_logger, self._tls_alerts = tls_alerts.logger_for(
+            f"{topics.cluster}.{topics.node}"
+        )
 
     # -- registration -------------------------------------------------------------------
 
@@ -309,7 +325,7 @@ class Link:
                 await self._serve(session)
                 attempt = 0
             except aiomqtt.MqttError as exc:
-                self._note_failure(str(exc))
+                self._note_failure(self._tls_alerts.explain(str(exc)))
             except TransportError as exc:
                 self._note_failure(str(exc))
             finally:
@@ -317,6 +333,8 @@ class Link:
                 self.connected = False
             if self._stop.is_set():
                 break
+            if self._lasted(time.monotonic()):
+                attempt = 0
             delay = backoff_delay(attempt)
             attempt += 1
             log.info(
@@ -338,34 +356,40 @@ class Link:
         deadline = asyncio.get_running_loop().time() + delay
         if await self._broker_reachable():
             # Reachable but the MQTT connection failed (auth, TLS, ...): plain backoff.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+            await self._wait_stop(delay)
             return
         while not self._stop.is_set():
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=min(PROBE_INTERVAL_S, remaining))
+            await self._wait_stop(min(PROBE_INTERVAL_S, remaining))
             if await self._broker_reachable():
                 log.info("mqtt_broker_back", host=self._settings.host, port=self._settings.port)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._stop.wait(), timeout=random.uniform(0, RECONNECT_JITTER_S)
-                    )
+                await self._wait_stop(random.uniform(0, RECONNECT_JITTER_S))
                 return
+
+    async def _wait_stop(self, timeout_s: float) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # races with the timeout, and this loop would then outlive the agent (issue 11).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._stop.wait()
 
     async def _broker_reachable(self) -> bool:
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._settings.host, self._settings.port), PROBE_TIMEOUT_S
-            )
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                _, writer = await asyncio.open_connection(self._settings.host, self._settings.port)
         except (OSError, TimeoutError):
             return False
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
         return True
+
+    def _lasted(self, now: float) -> bool:
+        """True once after a connection that stayed up STABLE_CONNECTION_S (it worked)."""
+        connected_at, self._connected_at = self._connected_at, None
+        return connected_at is not None and now - connected_at >= STABLE_CONNECTION_S
 
     def _note_failure(self, error: str) -> None:
         where = {"host": self._settings.host, "port": self._settings.port}
@@ -409,6 +433,7 @@ class Link:
         if self.ever_connected:
             self.reconnects_total += 1
         self.ever_connected = True
+        self._connected_at = time.monotonic()
         self.last_error = None
         # Retained copies of an earlier session are not re-sent by a rebirth of this one.
         self._retained.clear()
@@ -462,8 +487,19 @@ class Link:
             for topic_filter, _, handler in self._subscriptions:
                 if handler not in called and message.topic.matches(topic_filter):
                     called.append(handler)
-                    handler(inbound)
+                    self._deliver(handler, inbound)
         raise TransportError("message stream ended")  # pragma: no cover - aiomqtt raises first
+
+    def _deliver(self, handler: Handler, inbound: Inbound) -> None:
+        """Run one handler; its failure costs this message, never the reader (the link)."""
+        try:
+            handler(inbound)
+        except Exception as exc:
+            self.handler_errors.drop(
+                time.monotonic(),
+                topic=inbound.topic[:200],
+                error=f"{type(exc).__name__}: {exc}"[:200],
+            )
 
     async def _say_goodbye(
         self, client: aiomqtt.Client, reason: str, timeout_s: float = PUBLISH_TIMEOUT_S
@@ -501,6 +537,7 @@ class Link:
             retain=True,
         )
         protocol = aiomqtt.ProtocolVersion.V5 if s.protocol == 5 else aiomqtt.ProtocolVersion.V311
+        paho_props.install()
         tls_context = await asyncio.to_thread(credentials.tls_context, s) if s.tls else None
         return Client(
             s.host,
@@ -517,6 +554,8 @@ class Link:
             max_queued_incoming_messages=1000,
             clean_session=True if s.protocol != 5 else None,
             socket_options=NO_DELAY,
+            properties=connect_properties() if s.protocol == 5 else None,
+            logger=self._mqtt_logger,
         )
 
 
@@ -552,6 +591,13 @@ def protocol_refused(error: str) -> bool:
     """The broker refused or dropped an MQTT 5 CONNECT: the symptoms of a 3.1.1-only broker."""
     text = error.lower()
     return "during connect" in text or any(words in text for words in UNSUPPORTED_PROTOCOL)
+
+
+def connect_properties() -> Properties:
+    """CONNECT properties: the largest packet this client accepts."""
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.MaximumPacketSize = MAX_PACKET_BYTES
+    return properties
 
 
 def to_inbound(message: aiomqtt.Message) -> Inbound:

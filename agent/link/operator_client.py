@@ -17,8 +17,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import TransportError
-from agent.link import credentials
+from agent.link import credentials, paho_props
 from agent.link.mqtt import (
+    MAX_PACKET_BYTES,
     NO_DELAY,
     PUBLISH_TIMEOUT_S,
     Client,
@@ -98,6 +99,13 @@ async def new_client(
         await asyncio.to_thread(credentials.tls_context, settings) if settings.tls else None
     )
     v5 = settings.protocol == 5
+    # Untrusted input (issue 11): properties paho cannot parse cost a message its properties,
+    # and the broker sends nothing larger than the Maximum Packet Size.
+    paho_props.install()
+    if v5:
+        properties = properties or Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        if not hasattr(properties, "MaximumPacketSize"):  # a caller's own limit stands
+            properties.MaximumPacketSize = MAX_PACKET_BYTES
     return Client(
         settings.host,
         settings.port,

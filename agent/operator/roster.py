@@ -9,9 +9,10 @@ offline, its last health is STALE, aged by the time it was produced.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from typing import Any
+
+from agent.link import inbound
 
 LEAVES = ("state", "health", "ha")
 
@@ -28,7 +29,7 @@ class NodeView:
     @property
     def presence(self) -> str:
         value = (self.state or {}).get("state")
-        return value if value in {"online", "offline"} else "unknown"
+        return value if isinstance(value, str) and value in {"online", "offline"} else "unknown"
 
     @property
     def online(self) -> bool:
@@ -78,7 +79,8 @@ class NodeView:
     def stamp(self, leaf: str) -> float | None:
         body = getattr(self, leaf)
         value = (body or {}).get("ts")
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        # Bounded: float(10**400) raises, and no real timestamp is that far out.
+        if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 1e15:
             return float(value)
         return None
 
@@ -97,10 +99,8 @@ def split_topic(prefix: str, topic: str) -> tuple[str, str, str] | None:
 
 
 def decode_object(payload: bytes) -> dict[str, Any] | None:
-    try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    # Bounded size and depth, no lone surrogates: the broker's bytes are anyone's (issue 11).
+    body = inbound.parse_object(payload)
     return body if isinstance(body, dict) else None
 
 

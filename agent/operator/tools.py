@@ -17,12 +17,13 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from agent.commands import signing, wire
 from agent.config_rules import NAME_RE
 from agent.errors import AgentError, ConfigError
 from agent.link import mqtt, operator_client
+from agent.link.inbound import parse_object, section
 from agent.link.topics import Topics
 from agent.operator import exits, session
 from agent.operator import settings as opsettings
@@ -110,7 +111,8 @@ def node_rows(roster: Roster, now: float) -> list[list[str]]:
         if view.health is not None and not view.online:
             age = age_text(now - health_ts) if health_ts is not None else "?"
             status = f"STALE {status} ({age} old)"
-        temp = ((view.health or {}).get("system") or {}).get("temperature_c")
+        # Retained messages are anyone's: read nested fields only when they are objects.
+        temp = section(view.health or {}, "system").get("temperature_c")
         stamps = [t for t in (view.stamp("state"), health_ts) if t is not None]
         presence = view.presence
         since = view.offline_since()
@@ -130,8 +132,11 @@ def node_rows(roster: Roster, now: float) -> list[list[str]]:
     return rows
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _is_number(value: object) -> TypeGuard[int | float]:
+    """A finite JSON number of sane size (a peer's 10**400 must not crash the table)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return -1e15 < value < 1e15
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:
@@ -408,10 +413,7 @@ class _Follower:
             return None
         if inbound.topic != self._reply and not inbound.topic.endswith(f"/cmd/{self._id}"):
             return None
-        try:
-            status = json.loads(inbound.payload)
-        except ValueError:
-            return None
+        status = parse_object(inbound.payload)
         if not isinstance(status, dict):
             return None
         # An unreadable request is answered with id null, on the reply topic only.
