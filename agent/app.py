@@ -3,6 +3,11 @@
 Contract of the root tasks (kopf's): they run forever; if one ends or crashes, the agent stops
 with a non-zero exit so the service manager restarts it. SIGTERM/SIGINT set a flag; the
 stop-watcher publishes a clean offline and ends the group. A second signal forces the exit.
+
+A half-dead agent is worse than a dead one (MQTT and HTTP down, systemd sees it running): once a
+stop or a root task's failure starts the shutdown, a timer on the event loop ends the process
+with EXIT_LINGERED if the group has not finished within SHUTDOWN_DEADLINE_S, whatever task
+refuses to die (issue 11: Python 3.11's `asyncio.wait_for` could swallow a cancellation).
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ LINK_STOP_TIMEOUT_S = 5.0
 # A running command gets this long to finish after a stop request before it is cancelled.
 COMMAND_DRAIN_S = 3.0
 EXIT_FORCED = 130
+EXIT_LINGERED = 70
+SHUTDOWN_DEADLINE_S = COMMAND_DRAIN_S + LINK_STOP_TIMEOUT_S + 7.0
+"""From the start of a shutdown to a forced exit: the drain and the link's goodbye, with room."""
 
 
 class GracefulExit(Exception):
@@ -70,6 +78,7 @@ class Agent:
         self.dispatcher: dispatch.Dispatcher | None = None
         self.state.link = self._link_view
         self.state.tasks_alive = self._dead_tasks
+        self._deadline: asyncio.TimerHandle | None = None
 
     def _link_view(self) -> LinkView:
         link = self.link
@@ -133,6 +142,17 @@ class Agent:
                 group.create_task(self._stop_watcher(), name="stop-watcher")
         except* GracefulExit:
             log.info("agent_stopped", node=self.settings.node.name)
+        finally:
+            if self._deadline is not None:
+                self._deadline.cancel()
+
+    def arm_shutdown_deadline(self, why: str) -> None:
+        """Exit the process with EXIT_LINGERED unless the shutdown ends within the deadline."""
+        if self._deadline is not None:
+            return
+        self._deadline = asyncio.get_running_loop().call_later(
+            SHUTDOWN_DEADLINE_S, _exit_lingered, why, list(self.tasks.values())
+        )
 
     def _ha_monitor(
         self, backend: Backend, monitor: HealthMonitor, executor: Executor
@@ -174,6 +194,7 @@ class Agent:
 
     async def _stop_watcher(self) -> None:
         await self.stop_requested.wait()
+        self.arm_shutdown_deadline("stop requested")
         log.info("shutdown_requested", node=self.settings.node.name, restart=self.restart_reason)
         if self.dispatcher is not None:
             # Before the link stops, so the last statuses still reach the broker.
@@ -208,10 +229,22 @@ def check_http_port(bind: str, port: int) -> None:
 
 
 async def _eternal(name: str, coro: Awaitable[None], agent: Agent) -> None:
-    await coro
+    try:
+        await coro
+    except Exception:
+        # The group now cancels the others; they get a bound to do so.
+        agent.arm_shutdown_deadline(f"root task {name!r} failed")
+        raise
     if name == "mqtt-link" and agent.stop_requested.is_set():
         return
+    agent.arm_shutdown_deadline(f"root task {name!r} ended")
     raise TaskEnded(f"root task {name!r} ended unexpectedly")
+
+
+def _exit_lingered(why: str, tasks: list[asyncio.Task[Any]]) -> None:
+    alive = sorted(t.get_name() for t in tasks if not t.done())
+    log.error("shutdown_lingered", why=why, alive_tasks=alive, deadline_s=SHUTDOWN_DEADLINE_S)
+    os._exit(EXIT_LINGERED)
 
 
 def install_signal_handlers(agent: Agent) -> None:

@@ -89,8 +89,11 @@ class HealthMonitor:
         # The first CPU figure covers the time since prime(): give it a meaningful window, and
         # give the first MicroK8s facts a chance to arrive, within the 1.5 s start-up budget.
         await asyncio.sleep(FIRST_SAMPLE_DELAY_S)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # races with the wait ending, and the task then outlives its TaskGroup (issue 11).
         try:
-            await asyncio.wait_for(self._facts_ready.wait(), FIRST_FACTS_WAIT_S)
+            async with asyncio.timeout(FIRST_FACTS_WAIT_S):
+                await self._facts_ready.wait()
         except TimeoutError:
             log.info("microk8s_facts_pending", waited_s=FIRST_FACTS_WAIT_S)
         interval = self._settings.health.interval_s
@@ -100,7 +103,8 @@ class HealthMonitor:
             next_tick = max(next_tick + interval, time.monotonic())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=next_tick - time.monotonic())
+                async with asyncio.timeout(next_tick - time.monotonic()):
+                    await self._wake.wait()
 
     async def sample_and_publish(self) -> dict[str, Any]:
         started = time.monotonic()

@@ -92,7 +92,8 @@ class Notifier:
         tick = min(STATUS_POLL_S, self.watchdog_s or STATUS_POLL_S)
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), tick)
+                async with asyncio.timeout(tick):  # not wait_for: see HealthMonitor.run
+                    await stopping.wait()
             now_status = status()
             if now_status != last:
                 last = now_status
