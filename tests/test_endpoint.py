@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 
 from agent import config
-from agent.health import endpoint
+from agent.health import conn_guard, endpoint
 from agent.health.metrics import Metrics
 from agent.health.state import AgentState, LinkView
-from tests.conftest import free_port
+from tests.conftest import Broker, agent_config, free_port, wait_port
+from tests.paths import REPO
 
 
 @contextlib.asynccontextmanager
@@ -95,3 +102,59 @@ async def test_status_and_metrics_reflect_state() -> None:
     assert 'edge_agent_disk_used_percent{mount="/"} 50.0' in text
     assert "edge_agent_microk8s_running 0.0" in text
     assert "edge_agent_open_fds 9.0" in text
+
+
+async def test_idle_connections_cannot_exhaust_the_agents_fds(
+    tmp_path: Path, broker: Broker
+) -> None:
+    # Issue 11, finding 3: 1,100 idle connections took every fd (EMFILE). Here the agent runs
+    # with 256 fds and 400 idle or half-sent connections are held open; /healthz must answer.
+    port = free_port()
+    path = agent_config(tmp_path, broker, http_port=port)
+    log = (tmp_path / "agent.log").open("wb")
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        preexec_fn=low_fd_limit,  # noqa: PLW1509 - only setrlimit, before exec
+    )
+    held: list[socket.socket] = []
+    try:
+        wait_port("127.0.0.1", port, timeout_s=20)
+        for i in range(400):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if i % 2:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+            held.append(sock)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3):
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    assert response.status == 200
+        assert agent.poll() is None
+        open_fds = len(os.listdir(f"/proc/{agent.pid}/fd"))
+        assert open_fds < 200, open_fds
+    finally:
+        for sock in held:
+            sock.close()
+        agent.kill()
+        agent.wait(timeout=10)
+        log.close()
+
+
+async def test_a_quiet_connection_is_closed() -> None:
+    guard_idle = conn_guard.IDLE_S
+    conn_guard.IDLE_S = 0.3
+    try:
+        async with serving(AgentState()) as base:
+            port = int(base.rpartition(":")[2])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\n")  # half a request, then nothing
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the agent
+            writer.close()
+    finally:
+        conn_guard.IDLE_S = guard_idle

@@ -1,7 +1,8 @@
 """Local HTTP endpoint: the only aiohttp.web importer.
 
 Handlers read `AgentState` and do no I/O, so they answer quickly even while a command or a
-MicroK8s call hangs.
+MicroK8s call hangs. Connections are bounded (agent.health.conn_guard): a cap on open ones, and
+idle or half-sent ones are closed, so a local flood of sockets cannot exhaust the agent's fds.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from agent.health.conn_guard import ConnectionGuard
 from agent.health.metrics import Metrics
 from agent.health.state import AgentState, readiness
 from agent.logs import get_logger
@@ -80,12 +82,22 @@ async def serve(settings: Settings, state: AgentState, metrics: Metrics) -> None
         handle_signals=False,
         access_log=None,
         shutdown_timeout=1.0,
+        # Request head bounds (aiohttp's defaults are 8 KiB lines, 32 KiB fields, 128 headers).
+        max_line_size=4096,
+        max_field_size=4096,
+        keepalive_timeout=10.0,
     )
     await runner.setup()
+    server: asyncio.Server | None = None
     try:
-        site = web.TCPSite(runner, settings.http.bind, settings.http.port, reuse_address=True)
-        await site.start()
+        # Our own listener instead of web.TCPSite, to put the guard in front of aiohttp's protocol.
+        guard = ConnectionGuard(runner.server)  # type: ignore[arg-type]
+        server = await asyncio.get_running_loop().create_server(
+            guard, settings.http.bind, settings.http.port, reuse_address=True
+        )
         log.info("http_listening", bind=settings.http.bind, port=settings.http.port)
         await asyncio.Event().wait()
     finally:
+        if server is not None:
+            server.close()
         await asyncio.shield(runner.cleanup())
