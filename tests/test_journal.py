@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import durable
 from agent.commands.journal import JOURNAL_FILE, Journal
 from agent.errors import StateError
 
@@ -151,3 +152,71 @@ def test_durable_ids_outlive_their_window_in_memory_until_the_size_bound(tmp_pat
     journal.remember("later", status("later", "succeeded"), until=2000)
     assert journal.get("mutating") is not None
     assert journal.get("read-only") is None
+
+
+def test_a_command_accepted_at_the_bound_can_always_record_its_end(tmp_path: Path) -> None:
+    # Issue 11: at the bound the final write failed, and after a kill -9 the command that had
+    # succeeded was reported `interrupted`; the file also outgrew its bound.
+    journal = Journal(tmp_path, 4096, clock=Clock(1000))
+    journal.load()
+    accepted = []
+    for index in range(100):
+        command_id = f"c-{index}"
+        try:
+            journal.write(command_id, status(command_id, "accepted"), until=9999)
+        except StateError:
+            break
+        accepted.append(command_id)
+        done = status(command_id, "succeeded", output="x" * 3000, error="e" * 2000)
+        journal.write(command_id, done, until=9999)  # must never raise
+        assert (tmp_path / JOURNAL_FILE).stat().st_size <= 4096
+    assert len(accepted) >= 3
+    journal.close()
+    again = Journal(tmp_path, 4096, clock=Clock(1000))
+    assert again.load() == []  # nothing interrupted
+    last = again.get(accepted[-1])
+    assert last is not None and last["status"] == "succeeded" and last["trimmed"] is True
+
+
+def test_a_line_with_a_lone_surrogate_is_skipped(tmp_path: Path) -> None:
+    good = json.dumps({"id": "c-1", "until": 9999, "status": status("c-1", "succeeded")})
+    bad = '{"id": "\\ud800", "until": 9999, "status": {"status": "accepted"}}'
+    (tmp_path / JOURNAL_FILE).write_text(f"{bad}\n{good}\n")
+    journal = Journal(tmp_path, 4096, clock=Clock(1000))
+    assert journal.load() == []
+    assert journal.get("c-1") is not None
+    assert journal.broken is None
+
+
+def test_a_journal_far_beyond_its_bound_is_not_loaded(tmp_path: Path) -> None:
+    line = json.dumps({"id": "c-1", "until": 9999, "status": status("c-1", "succeeded")})
+    (tmp_path / JOURNAL_FILE).write_text(f"{line}\n" * 400)  # ~40 KB for a 4 KiB bound
+    journal = Journal(tmp_path, 4096, clock=Clock(1000))
+    assert journal.load() == []
+    assert journal.broken is not None and "move it aside" in journal.broken
+    assert journal.get("c-1") is None
+    with pytest.raises(StateError):
+        journal.write("c-2", status("c-2", "accepted"), until=9999)
+
+
+def test_symlinks_in_the_state_dir_are_not_followed(tmp_path: Path) -> None:
+    # Issue 11: the root agent followed symlinks planted in state.dir.
+    state, outside = tmp_path / "state", tmp_path / "shadow"
+    state.mkdir()
+    outside.write_bytes(b"secret\n")
+    for name in (JOURNAL_FILE, f".{JOURNAL_FILE}.tmp", durable.SESSION_FILE, ".session.tmp"):
+        (state / name).symlink_to(outside)
+    journal = Journal(state, 4096, clock=Clock(1000))
+    journal.load()
+    assert journal.broken is not None  # the journal is a symlink: refused, not read
+    with pytest.raises(StateError):
+        durable.read_session(state)
+    durable.write_session(state, 7)  # replaces the link itself
+    assert durable.read_session(state) == 7
+    (state / JOURNAL_FILE).unlink()
+    fresh = Journal(state, 4096, clock=Clock(1000))
+    fresh.load()
+    fresh.write("c-1", status("c-1", "accepted"), until=9999)
+    fresh.compact()  # through the planted .tmp link
+    assert outside.read_bytes() == b"secret\n"
+    assert not (state / JOURNAL_FILE).is_symlink()

@@ -10,7 +10,10 @@ the reconnect.
 
 A rejection after a valid signature is recorded like any terminal status, so a replay of a signed
 request can never run later. A rejection before it is not: a forged message must not be able to
-reserve a legitimate id.
+reserve a legitimate id. Likewise an unsigned read-only request (a `status` without signature,
+allowed by PROTOCOL.md) is remembered apart from signed ones (its key is `UNSIGNED_KEY + id`): it
+dedupes its own redeliveries but cannot make a later signed command with the same id a
+`duplicate` (issue 11). A flood costs counts in the log, not one line per message.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from agent.errors import StateError, TransportError
 from agent.health.state import AgentState
 from agent.link.mqtt import Inbound, Link
 from agent.link.topics import Topics
-from agent.logs import get_logger
+from agent.logs import DropLog, get_logger
 from agent.microk8s.backends.base import Backend, Outcome
 from agent.microk8s.redact import mask_join_urls, mask_secrets
 from agent.microk8s.status import MicroK8sFacts
@@ -43,7 +46,9 @@ from agent.settings import CommandSettings, Settings
 log = get_logger(__name__)
 
 INBOX_LIMIT = 1024
-"""Requests waiting for the intake; beyond this (a flood) they are dropped and logged."""
+"""Requests waiting for the intake; beyond this (a flood) they are dropped and counted."""
+UNSIGNED_KEY = "~"
+"""Journal key prefix of unsigned requests; no valid id starts with it (wire.ID_RE)."""
 NOT_STARTED = "not started: the agent shut down before the command's turn; send it again"
 SHUTTING_DOWN = "the agent is shutting down; send the command again after it restarts"
 REBIRTH_INTERVAL_S = 5.0
@@ -76,8 +81,10 @@ class Dispatcher:
         facts: Callable[[], MicroK8sFacts | None],
         rebirth: Callable[[], Awaitable[None]],
         clock: Callable[[], float] = time.time,
+        health_interval_s: float = 10.0,
     ) -> None:
         self._settings = settings
+        self._health_interval_s = health_interval_s
         self._topics = topics
         self._sink = sink
         self._journal = sink.journal
@@ -94,6 +101,7 @@ class Dispatcher:
         self._work: asyncio.Queue[Job] = asyncio.Queue(maxsize=settings.queue_size)
         self._current: asyncio.Task[None] | None = None
         self._closing = False
+        self._inbox_drops = DropLog("command_dropped_inbox_full")
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -102,7 +110,7 @@ class Dispatcher:
         try:
             self._inbox.put_nowait(inbound)
         except asyncio.QueueFull:
-            log.warning("command_dropped_inbox_full", limit=INBOX_LIMIT, topic=inbound.topic)
+            self._inbox_drops.drop(time.monotonic(), limit=INBOX_LIMIT, topic=inbound.topic[:200])
 
     async def run_intake(self) -> None:
         """Report interrupted commands, then admit requests forever."""
@@ -139,10 +147,7 @@ class Dispatcher:
         except Rejected as exc:
             await self._reject_invalid(exc.reason, reply)
             return
-        known = self._journal.get(decoded.command_id)
-        if known is not None:
-            log.info("command_duplicate", command_id=decoded.command_id)
-            await self._sink.publish({**known, "duplicate": True}, reply)
+        if await self._answer_duplicate(decoded.command_id, reply):
             return
         mutating = decoded.verb_text not in wire.READ_ONLY
         reason = self._verifier.authenticate(
@@ -151,17 +156,30 @@ class Dispatcher:
         if reason is not None:
             await self._reject(decoded, reason, reply, record=False)
             return
+        # Signed, or every request is trusted by configuration: it owns its id.
+        signed = "sig" in decoded.body or self._settings.allow_unsigned
+        key = decoded.command_id if signed else UNSIGNED_KEY + decoded.command_id
+        if not signed and await self._answer_duplicate(key, reply):
+            return
         try:
             command = self._validate(decoded, retained=inbound.retain)
         except Rejected as exc:
-            await self._reject(decoded, exc.reason, reply, record=True)
+            await self._reject(decoded, exc.reason, reply, record=True, key=key)
             return
         if command.verb is wire.Verb.STATUS:
-            await self._answer_status(command, reply)
+            await self._answer_status(command, reply, key)
         elif command.verb is wire.Verb.REBIRTH:
-            await self._answer_rebirth(command, reply)
+            await self._answer_rebirth(command, reply, key)
         else:
             await self._enqueue(command, reply)
+
+    async def _answer_duplicate(self, key: str, reply: Reply | None) -> bool:
+        known = self._journal.get(key)
+        if known is None:
+            return False
+        log.info("command_duplicate", command_id=known.get("id"))
+        await self._sink.publish({**known, "duplicate": True}, reply)
+        return True
 
     def _validate(self, decoded: Decoded, *, retained: bool) -> verbs.Command:
         """Every check that needs no I/O; raises Rejected."""
@@ -185,20 +203,24 @@ class Dispatcher:
                 raise Rejected(reason)
         return command
 
-    async def _answer_status(self, command: verbs.Command, reply: Reply | None) -> None:
+    async def _answer_status(self, command: verbs.Command, reply: Reply | None, key: str) -> None:
         until = wire.replay_horizon(command.envelope.expires_at, self._limits)
         accepted = self._status(command, Status.ACCEPTED)
-        await self._sink.emit(accepted, reply, until, durable=False)
-        self._request_publish()
+        await self._sink.emit(accepted, reply, until, durable=False, key=key)
+        # The latest sample answers; a new one is taken only when it is older than the health
+        # interval, so a flood of `status` requests is not a flood of health publishes.
+        age = self._state.health_age_s(time.monotonic())
+        if age is None or age > self._health_interval_s:
+            self._request_publish()
         result = {"health": self._state.last_health, "ha": self._state.last_ha}
         done = self._status(command, Status.SUCCEEDED, result=result)
-        await self._sink.emit(done, reply, until, durable=False)
+        await self._sink.emit(done, reply, until, durable=False, key=key)
 
-    async def _answer_rebirth(self, command: verbs.Command, reply: Reply | None) -> None:
+    async def _answer_rebirth(self, command: verbs.Command, reply: Reply | None, key: str) -> None:
         """Re-publish birth, health and HA (same session), then answer."""
         until = wire.replay_horizon(command.envelope.expires_at, self._limits)
         accepted = self._status(command, Status.ACCEPTED)
-        await self._sink.emit(accepted, reply, until, durable=False)
+        await self._sink.emit(accepted, reply, until, durable=False, key=key)
         try:
             await self._rebirth()
         except TransportError as exc:
@@ -207,7 +229,7 @@ class Dispatcher:
             final = self._status(command, Status.SUCCEEDED)
         # A fresh sample follows the re-sent one, so the consumer also gets current figures.
         self._request_publish()
-        await self._sink.emit(final, reply, until, durable=False)
+        await self._sink.emit(final, reply, until, durable=False, key=key)
 
     async def _enqueue(self, command: verbs.Command, reply: Reply | None) -> None:
         decoded = Decoded(command.id, {"verb": command.verb.value})
@@ -243,7 +265,13 @@ class Dispatcher:
         return None
 
     async def _reject(
-        self, decoded: Decoded, reason: str, reply: Reply | None, *, record: bool
+        self,
+        decoded: Decoded,
+        reason: str,
+        reply: Reply | None,
+        *,
+        record: bool,
+        key: str | None = None,
     ) -> None:
         now = self._clock()
         status = wire.status_payload(
@@ -259,7 +287,7 @@ class Dispatcher:
             # The request's own window may be unreadable; this bound covers every valid one.
             until = now + self._limits.max_age_s + 2 * self._limits.clock_skew_s
             durable = decoded.verb_text not in wire.READ_ONLY
-            await self._sink.record(status, until, durable=durable)
+            await self._sink.record(status, until, durable=durable, key=key)
         await self._sink.publish(status, reply)
 
     async def _reject_invalid(self, reason: str, reply: Reply | None) -> None:
@@ -395,6 +423,7 @@ def build(
         request_publish=request_publish,
         facts=facts,
         rebirth=link.rebirth,
+        health_interval_s=settings.health.interval_s,
     )
     link.subscribe(topics.cmd, 1, dispatcher.offer)
     return dispatcher

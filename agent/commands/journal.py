@@ -10,6 +10,15 @@ anyway (expires_at + clock skew), so compaction drops those records, rewriting t
 atomically. If unexpired records alone exceed `commands.journal_max_bytes`, writes fail with a
 StateError and new mutating commands are refused until ids expire: forgetting an unexpired id
 would allow a replay to run twice.
+
+The bound holds on write and on load (issue 11). Every unfinished command keeps
+TERMINAL_LINE_MAX bytes of room for its final record (which is trimmed to fit), so a command
+accepted at the bound can always record how it ended: without that, a command that succeeded
+was reported `interrupted` after a kill -9. At start the file is read line by line, never whole,
+and one far beyond the bound is not read at all (the journal is then broken: mutating commands
+are refused, with the reason, until an operator moves it aside). Lines are decoded by the
+untrusted-input decoder, so a line holding a lone surrogate is skipped instead of crashing every
+start.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from typing import Any
 
 from agent import durable
 from agent.errors import StateError
+from agent.link import inbound
 from agent.logs import get_logger
 
 log = get_logger(__name__)
@@ -40,6 +50,11 @@ NON_TERMINAL = frozenset({"accepted", "running"})
 # by megabytes (found by bench/soak.py).
 MEMORY_PRUNE_AT = 4096
 PRUNE_EVERY_S = 10.0
+TERMINAL_LINE_MAX = 1024
+"""Room kept per unfinished command for its final record; final records are trimmed to fit."""
+LOAD_LIMIT_FACTOR = 4
+"""A journal more than this many times its bound is not loaded (it was not written by us)."""
+TRIMMED_ERROR_CHARS = 300
 
 
 @dataclasses.dataclass(slots=True)
@@ -51,9 +66,24 @@ class Record:
     forget_at: float = math.inf
     """Monotonic time after which memory may drop the record; inf for records read at start."""
 
+    @property
+    def pending(self) -> bool:
+        return self.durable and self.status.get("status") in NON_TERMINAL
+
     def line(self) -> bytes:
-        body = {"id": self.id, "until": round(self.until, 3), "status": self.status}
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        """The journal line; a final status beyond TERMINAL_LINE_MAX loses output and result.
+
+        The file only has to say how the command ended (for duplicates after a restart);
+        memory keeps the whole status.
+        """
+        line = _encode(self.id, self.until, self.status)
+        if len(line) <= TERMINAL_LINE_MAX or self.status.get("status") in NON_TERMINAL:
+            return line
+        keep = {k: v for k, v in self.status.items() if k not in ("output", "result", "error")}
+        error = self.status.get("error")
+        if isinstance(error, str):
+            keep["error"] = error[:TRIMMED_ERROR_CHARS]
+        return _encode(self.id, self.until, {**keep, "trimmed": True})
 
 
 class Journal:
@@ -86,17 +116,14 @@ class Journal:
         refused) so that health keeps flowing.
         """
         try:
-            lines = self.path.read_bytes().splitlines()
+            lines = self._read_lines()
         except FileNotFoundError:
-            lines = []
-        except OSError as exc:
-            self.broken = f"cannot read {self.path}: {exc.strerror or exc}"
+            lines = 0
+        except (OSError, StateError) as exc:
+            error = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.broken = f"cannot read {self.path}: {error}"
             log.error("journal_unreadable", path=str(self.path), error=self.broken)
             return []
-        for raw in lines:
-            record = _parse_line(raw)
-            if record is not None:
-                self._records[record.id] = record
         interrupted = [r for r in self._records.values() if r.status.get("status") in NON_TERMINAL]
         if lines:
             # Rewrite without duplicates, but expire nothing: the wall clock may be wrong right
@@ -105,6 +132,27 @@ class Journal:
                 self._compact_locked(expire=False)
         log.info("journal_loaded", records=len(self._records), interrupted=len(interrupted))
         return interrupted
+
+    def _read_lines(self) -> int:
+        """Index the file's records, line by line; returns the number of lines.
+
+        Raises:
+            OSError: unreadable. StateError: far beyond the bound (not ours; not read at all).
+        """
+        with durable.open_nofollow(self.path) as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > LOAD_LIMIT_FACTOR * self._max_bytes:
+                raise StateError(
+                    f"it is {size} bytes, more than {LOAD_LIMIT_FACTOR} times"
+                    f" commands.journal_max_bytes ({self._max_bytes}); move it aside"
+                )
+            count = 0
+            for raw in file:
+                count += 1
+                record = _parse_line(raw)
+                if record is not None:
+                    self._records[record.id] = record
+        return count
 
     def get(self, command_id: str) -> dict[str, Any] | None:
         """The last known status of `command_id`, or None for a new id."""
@@ -129,9 +177,9 @@ class Journal:
         record = Record(command_id, until, status)
         line = record.line()
         with self._lock:
-            if self._size + len(line) > self._max_bytes:
+            if not self._fits(record, line):
                 self._compact_locked()
-                if self._size + len(line) > self._max_bytes:
+                if not self._fits(record, line):
                     raise StateError(
                         f"the command journal holds {self._size} bytes of unexpired ids"
                         f" (limit commands.journal_max_bytes = {self._max_bytes})"
@@ -156,6 +204,23 @@ class Journal:
 
     # -- internals (called with the lock held) ---------------------------------------------
 
+    def _fits(self, record: Record, line: bytes) -> bool:
+        """Room for `line` and, after it, TERMINAL_LINE_MAX per command still unfinished.
+
+        Raises:
+            StateError: the file cannot be opened.
+        """
+        try:
+            self._open()  # the size is known once the file is open
+        except OSError as exc:
+            raise StateError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        pending = {r.id for r in self._records.values() if r.pending}
+        pending.discard(record.id)
+        if record.pending:
+            pending.add(record.id)
+        reserve = TERMINAL_LINE_MAX * len(pending)
+        return self._size + 1 + len(line) + reserve <= self._max_bytes
+
     def _append(self, line: bytes) -> None:
         # After a failed write the file may end in half a line: start on a fresh one.
         data = (b"\n" if self._torn else b"") + line
@@ -173,7 +238,8 @@ class Journal:
     def _open(self) -> int:
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+            self._fd = os.open(self.path, flags, 0o600)
             self._size = os.fstat(self._fd).st_size
         return self._fd
 
@@ -227,13 +293,15 @@ class Journal:
         log.debug("journal_compacted", bytes=len(data), records=len(self._records))
 
 
+def _encode(command_id: str, until: float, status: dict[str, Any]) -> bytes:
+    body = {"id": command_id, "until": round(until, 3), "status": status}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
 def _parse_line(raw: bytes) -> Record | None:
-    """One journal line, or None for a torn or foreign line (a crash mid-write)."""
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(body, dict):
+    """One journal line, or None for a torn, foreign or undecodable line (a crash mid-write)."""
+    body = inbound.parse_object(raw.strip())
+    if isinstance(body, inbound.Invalid):
         return None
     command_id, until, status = body.get("id"), body.get("until"), body.get("status")
     if not isinstance(command_id, str) or not isinstance(status, dict):

@@ -74,19 +74,27 @@ class StatusSink:
         *,
         durable: bool,
         strict: bool = False,
+        key: str | None = None,
     ) -> None:
         """Record, then publish. With `strict`, a failed durable write raises and nothing is sent.
 
         Raises:
             StateError: only with `strict`.
         """
-        await self.record(status, until, durable=durable, strict=strict)
+        await self.record(status, until, durable=durable, strict=strict, key=key)
         await self.publish(status, reply)
 
     async def record(
-        self, status: dict[str, Any], until: float, *, durable: bool, strict: bool = False
+        self,
+        status: dict[str, Any],
+        until: float,
+        *,
+        durable: bool,
+        strict: bool = False,
+        key: str | None = None,
     ) -> None:
-        command_id = str(status["id"])
+        """Journal `status` under `key` (default: its id; see dispatch.UNSIGNED_KEY)."""
+        command_id = key or str(status["id"])
         if not durable:
             self.journal.remember(command_id, status, until)
             return
