@@ -1,5 +1,5 @@
-"""The fleet broker of configs/mosquitto, for real: mosquitto with that config and ACL on a free
-port, certificates made by configs/mosquitto/make-certs.sh.
+"""The fleet broker of configs/mosquitto, for real: mosquitto with that config and an ACL made by
+make-acl.sh on a free port, certificates made by configs/mosquitto/make-certs.sh.
 
 Denials are shown by delivery to an operator subscribed to everything: a denied publish is sent
 first and an allowed one after it on the same connection, so when the allowed one has arrived the
@@ -8,6 +8,7 @@ denied one would have too (Mosquitto keeps a client's QoS 1 messages in order).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import ssl
@@ -28,6 +29,8 @@ pytestmark = pytest.mark.broker
 MOSQUITTO_DIR = REPO / "configs" / "mosquitto"
 R1 = "microk8s/lab/nodes/pi-01"
 R2 = "microk8s/lab/nodes/pi-02"
+R7 = "microk8s/other/nodes/pi-07"
+ACL_ARGS = ("cluster=lab", "pi-01", "pi-02", "cluster=other", "pi-07", "--operator", "admin")
 
 
 def make_certs(directory: Path, *names: str) -> Path:
@@ -42,7 +45,26 @@ def make_certs(directory: Path, *names: str) -> Path:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_certs(tmp_path_factory.mktemp("pki"), "pi-01", "pi-02", "--operator", "admin")
+    return make_certs(
+        tmp_path_factory.mktemp("pki"), "pi-01", "pi-02", "pi-07", "--operator", "admin", "observer"
+    )
+
+
+def make_acl(*args: str) -> str:
+    return subprocess.run(
+        [str(MOSQUITTO_DIR / "make-acl.sh"), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+
+
+def test_the_shipped_acl_is_what_make_acl_prints() -> None:
+    shipped = (MOSQUITTO_DIR / "edge-agent.acl").read_text()
+    made = make_acl("cluster=lab", "pi-01", "pi-02", "pi-03", "--operator", "admin")
+    rules = [line for line in shipped.splitlines() if line and not line.startswith("#")]
+    assert rules == [line for line in made.splitlines() if line and not line.startswith("#")]
 
 
 class FleetBroker(Broker):
@@ -54,10 +76,14 @@ class FleetBroker(Broker):
 
     def config_text(self) -> str:
         text = (MOSQUITTO_DIR / "edge-agent.conf").read_text()
+        acl = self.workdir / f"edge-agent-{self.port}.acl"
+        # Two clusters, and an `observer` operator so a test can watch while `admin` acts
+        # (use_username_as_clientid: one session per certificate).
+        acl.write_text(make_acl(*ACL_ARGS, "observer"))
         replacements = {
             "listener 8883": f"listener {self.port} {self.host}",
             "/etc/mosquitto/certs": str(self.pki),
-            "/etc/mosquitto/edge-agent.acl": str(MOSQUITTO_DIR / "edge-agent.acl"),
+            "acl_file /etc/mosquitto/edge-agent.acl": f"acl_file {acl}",
         }
         for old, new in replacements.items():
             assert old in text, old
@@ -98,7 +124,7 @@ async def client(broker: Broker, pki: Path, cert: str | None) -> AsyncIterator[a
 
 
 async def test_a_node_publishes_only_under_its_own_name(fleet: FleetBroker, pki: Path) -> None:
-    operator = as_client(pki, "operators/admin", "operator")
+    operator = as_client(pki, "operators/observer", "observer")
     async with (
         watch(fleet, "microk8s/#", **operator) as ops,
         client(fleet, pki, "nodes/pi-01") as n1,
@@ -113,7 +139,7 @@ async def test_a_node_publishes_only_under_its_own_name(fleet: FleetBroker, pki:
 
 
 async def test_an_operator_cannot_impersonate_a_node(fleet: FleetBroker, pki: Path) -> None:
-    operator = as_client(pki, "operators/admin", "operator")
+    operator = as_client(pki, "operators/observer", "observer")
     async with (
         watch(fleet, "microk8s/#", **operator) as ops,
         client(fleet, pki, "operators/admin") as op,
@@ -143,6 +169,57 @@ async def test_a_node_reads_its_commands_and_peers_presence_only(
     assert received[f"{R1}/cmd"] == b"for-pi-01"
     assert f"{R2}/cmd" not in received
     assert f"{R2}/health" not in received
+
+
+async def test_a_node_is_pinned_to_its_own_cluster(fleet: FleetBroker, pki: Path) -> None:
+    # Issue 11, finding 4: the `+` cluster level let a node write (and read) under every cluster.
+    async with client(fleet, pki, "nodes/pi-07") as n7:
+        await n7.publish(f"{R7}/state", b'{"state":"online","session":1}', qos=1, retain=True)
+    observer = as_client(pki, "operators/observer", "observer")
+    node = as_client(pki, "nodes/pi-01", "pi-01")
+    async with (
+        watch(fleet, "microk8s/#", **observer) as ops,
+        watch(fleet, "microk8s/+/nodes/+/state", **node) as n1,
+    ):
+        await ops.wait_for(lambda t, p: t == f"{R7}/state")
+        # One connection (one session per certificate): it writes and watches.
+        await n1.publish("microk8s/other/nodes/pi-01/state", b"forged", qos=1)
+        await n1.publish(f"{R1}/state", b'{"state":"online"}', qos=1)
+        await ops.wait_for(lambda t, p: t == f"{R1}/state")
+        await n1.wait_for(lambda t, p: t == f"{R1}/state")
+    assert "microk8s/other/nodes/pi-01/state" not in [t for t, _, _ in ops.messages]
+    assert f"{R7}/state" not in [t for t, _, _ in n1.messages]  # another cluster's presence
+
+
+async def test_a_node_cannot_take_over_another_nodes_session(fleet: FleetBroker, pki: Path) -> None:
+    # Issue 11, finding 4: connecting with pi-01's client id kicked pi-01 off the broker.
+    observer = as_client(pki, "operators/observer", "observer")
+    async with (
+        watch(fleet, f"{R1}/#", **observer) as ops,
+        aiomqtt.Client(
+            fleet.host, fleet.port, **as_client(pki, "nodes/pi-01", "edge-agent-lab-pi-01")
+        ) as n1,
+    ):
+        for attempt in range(3):
+            async with aiomqtt.Client(
+                fleet.host, fleet.port, **as_client(pki, "nodes/pi-02", "edge-agent-lab-pi-01")
+            ):
+                pass
+            await n1.publish(f"{R1}/health", f"still-here-{attempt}".encode(), qos=1)
+        await ops.wait_for(lambda t, p: p == b"still-here-2")
+
+
+async def test_the_broker_refuses_oversized_packets(fleet: FleetBroker, pki: Path) -> None:
+    observer = as_client(pki, "operators/observer", "observer")
+    async with watch(fleet, f"{R1}/#", **observer) as ops:
+        with pytest.raises(aiomqtt.MqttError):
+            async with client(fleet, pki, "nodes/pi-01") as n1:
+                await n1.publish(f"{R1}/health", b"x" * (1 << 20), qos=1, timeout=5)
+                await n1.publish(f"{R1}/health", b"after", qos=1, timeout=5)
+        async with client(fleet, pki, "nodes/pi-01") as n1:
+            await n1.publish(f"{R1}/health", b"small", qos=1)
+        await ops.wait_for(lambda t, p: p == b"small")
+    assert all(len(p) < 1 << 20 for _, p, _ in ops.messages)
 
 
 class Recorder(logging.Handler):
@@ -218,7 +295,7 @@ async def test_the_agent_works_under_the_acl_and_answers_an_operator(
             "key_file": str(pki / "nodes" / "pi-01.key"),
         },
     )
-    operator = as_client(pki, "operators/admin", "operator")
+    operator = as_client(pki, "operators/observer", "observer")
     async with watch(fleet, "microk8s/#", **operator) as ops:
         spawn_agent(config)
         await ops.wait_for(lambda t, p: t == f"{R1}/state" and p["state"] == "online", timeout_s=30)
@@ -252,3 +329,31 @@ async def test_the_agent_works_under_the_acl_and_answers_an_operator(
         await ops.wait_for(
             lambda t, p: t.startswith(f"{R1}/cmd/") and p["status"] == "succeeded", timeout_s=30
         )
+
+
+async def test_a_rejected_client_certificate_is_reported_as_such(
+    tmp_path: Path, fleet: FleetBroker, spawn_agent: Any
+) -> None:
+    # Issue 11: the agent said "Operation timed out" when the broker refused its certificate.
+    rogue = make_certs(tmp_path / "rogue", "pi-01")
+    config = agent_config(
+        tmp_path,
+        fleet,
+        node={"name": "pi-01", "cluster": "lab"},
+        mqtt={
+            "tls": True,
+            "ca_file": str(fleet.pki / "ca.crt"),
+            "cert_file": str(rogue / "nodes" / "pi-01.crt"),
+            "key_file": str(rogue / "nodes" / "pi-01.key"),
+        },
+    )
+    agent = spawn_agent(config)
+    deadline = asyncio.get_running_loop().time() + 45
+    errors: list[str] = []
+    while not any("UNKNOWN_CA" in e for e in errors):
+        assert asyncio.get_running_loop().time() < deadline, errors
+        await asyncio.sleep(0.5)
+        lines = agent.log_lines()
+        errors = [e["error"] for e in lines if e.get("event") == "mqtt_connect_failed"]
+    # Every failure says it was the TLS handshake; once the alert arrives in time, which one.
+    assert all(e.startswith("TLS handshake refused by the broker") for e in errors), errors

@@ -161,6 +161,7 @@ def test_hooks_and_scripts_are_executable_shell() -> None:
         REPO / "snap" / "hooks" / "configure",
         REPO / "systemd" / "install.sh",
         REPO / "configs" / "mosquitto" / "make-certs.sh",
+        REPO / "configs" / "mosquitto" / "make-acl.sh",
         REPO / ".ci" / "bootstrap.sh",
     ]
     for script in scripts:
@@ -238,6 +239,23 @@ def test_unit_hardening_is_what_a_metrics_agent_tolerates() -> None:
     assert re.search(r"^Type=notify$", text, re.M)
     assert re.search(r"^WatchdogSec=", text, re.M)
     assert re.search(r"^StateDirectory=edge-agent$", text, re.M)
+
+
+def test_unit_has_resource_ceilings() -> None:
+    # Issue 11: no MemoryMax, TasksMax or LimitNOFILE; a flood or an fd leak took the host down.
+    text = UNIT.read_text()
+    for key in ("MemoryHigh", "MemoryMax", "TasksMax", "LimitNOFILE"):
+        assert re.search(rf"^{key}=\S+$", text, re.M), key
+
+
+def test_every_snap_plug_is_documented_and_none_unused() -> None:
+    # Issue 11: `log-observe` was declared, and no code used it. Each plug the daemon declares
+    # has a row in docs/packaging.md's plug table saying which capability needs it.
+    plugs = set(snapcraft()["apps"]["daemon"]["plugs"])
+    table = (REPO / "docs" / "packaging.md").read_text().split("## Plugs", 1)[1]
+    documented = set(re.findall(r"^\| `([a-z0-9-]+)`", table, re.M))
+    assert plugs == documented
+    assert "log-observe" not in plugs
 
 
 def test_unit_verifies_silently(tmp_path: Path) -> None:
