@@ -53,11 +53,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def start_broker(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_broker(workdir: Path, port: int, max_packet: int = 0) -> subprocess.Popen[bytes]:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     conf = workdir / "mosquitto.conf"
+    limit = f"max_packet_size {max_packet}\n" if max_packet else ""
     conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n{limit}"
     )
     process = subprocess.Popen(
         [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

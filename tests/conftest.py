@@ -212,7 +212,7 @@ class Watcher:
             )
             try:
                 decoded: Any = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # hostile payloads too (test_hostile_neighbour)
                 decoded = raw
             self.messages.append((message.topic.value, decoded, bool(message.retain)))
             self._changed.set()
