@@ -269,10 +269,11 @@ async def test_known_members_followed_on_exact_topics(
         # The names are known after a round; the subscriptions follow within the next one.
         await w.wait_for(on_ha(lambda p: True), after=len(w.messages))
     log = broker.log_path.read_text()
+    # QoS 0, like the wildcards: peers' retained states (issue 11, docs/protocol.md).
     for peer in NAMES[1:]:
         for leaf in ("state", "ha"):
-            assert f"edge-agent-lab-pi-01 1 microk8s/lab/nodes/{peer}/{leaf}\n" in log
-    assert "edge-agent-lab-pi-01 1 microk8s/lab/nodes/pi-01/state\n" not in log
+            assert f"edge-agent-lab-pi-01 0 microk8s/lab/nodes/{peer}/{leaf}\n" in log
+    assert "edge-agent-lab-pi-01 0 microk8s/lab/nodes/pi-01/state\n" not in log
 
 
 def test_member_topics_are_exact_and_safe() -> None:

@@ -29,8 +29,10 @@ for arg in "$@"; do
     esac
     check "$arg"
     if [ "$role" = operator ]; then
-        printf '\nuser operator.%s\ntopic write %s/+/nodes/+/cmd\ntopic read %s/#\n' \
+        # Commands, and `edge-agent fleet upgrade`'s retained progress report (R/../rollout).
+        printf '\nuser operator.%s\ntopic write %s/+/nodes/+/cmd\ntopic write %s/+/rollout\n' \
             "$arg" "$prefix" "$prefix"
+        printf 'topic read %s/#\n' "$prefix"
         continue
     fi
     [ -n "$cluster" ] || usage
