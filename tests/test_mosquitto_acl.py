@@ -281,20 +281,25 @@ async def test_a_client_without_a_fleet_certificate_cannot_connect(
         pass
 
 
-async def test_the_agent_works_under_the_acl_and_answers_an_operator(
-    tmp_path: Path, fleet: FleetBroker, pki: Path, spawn_agent
-) -> None:
-    config = agent_config(
+def pi01_config(tmp_path: Path, fleet: FleetBroker, certs: Path) -> Path:
+    """Agent pi-01 of cluster lab over TLS, with the fleet CA and the certificate in `certs`."""
+    return agent_config(
         tmp_path,
         fleet,
         node={"name": "pi-01", "cluster": "lab"},
         mqtt={
             "tls": True,
-            "ca_file": str(pki / "ca.crt"),
-            "cert_file": str(pki / "nodes" / "pi-01.crt"),
-            "key_file": str(pki / "nodes" / "pi-01.key"),
+            "ca_file": str(fleet.pki / "ca.crt"),
+            "cert_file": str(certs / "nodes" / "pi-01.crt"),
+            "key_file": str(certs / "nodes" / "pi-01.key"),
         },
     )
+
+
+async def test_the_agent_works_under_the_acl_and_answers_an_operator(
+    tmp_path: Path, fleet: FleetBroker, pki: Path, spawn_agent
+) -> None:
+    config = pi01_config(tmp_path, fleet, pki)
     operator = as_client(pki, "operators/observer", "observer")
     async with watch(fleet, "microk8s/#", **operator) as ops:
         spawn_agent(config)
@@ -336,17 +341,7 @@ async def test_a_rejected_client_certificate_is_reported_as_such(
 ) -> None:
     # Issue 11: the agent said "Operation timed out" when the broker refused its certificate.
     rogue = make_certs(tmp_path / "rogue", "pi-01")
-    config = agent_config(
-        tmp_path,
-        fleet,
-        node={"name": "pi-01", "cluster": "lab"},
-        mqtt={
-            "tls": True,
-            "ca_file": str(fleet.pki / "ca.crt"),
-            "cert_file": str(rogue / "nodes" / "pi-01.crt"),
-            "key_file": str(rogue / "nodes" / "pi-01.key"),
-        },
-    )
+    config = pi01_config(tmp_path, fleet, rogue)
     agent = spawn_agent(config)
     deadline = asyncio.get_running_loop().time() + 45
     errors: list[str] = []
