@@ -152,7 +152,7 @@ async def test_an_operator_cannot_impersonate_a_node(fleet: FleetBroker, pki: Pa
     assert [t for t, _, _ in ops.messages] == ["microk8s/lab/rollout", f"{R1}/cmd"]
 
 
-async def test_a_node_reads_its_commands_and_peers_presence_only(
+async def test_a_node_reads_its_own_commands_and_its_peers_reports(
     fleet: FleetBroker, pki: Path
 ) -> None:
     async with client(fleet, pki, "nodes/pi-02") as n2:
@@ -168,7 +168,8 @@ async def test_a_node_reads_its_commands_and_peers_presence_only(
     received = {topic: payload for topic, payload, _ in n1.messages}
     assert received[f"{R1}/cmd"] == b"for-pi-01"
     assert f"{R2}/cmd" not in received
-    assert f"{R2}/health" not in received
+    # Peers' health feeds failover readiness (voters' risk flags) and the clock offset.
+    assert received[f"{R2}/health"] == {"status": "ok"}
 
 
 async def test_a_node_is_pinned_to_its_own_cluster(fleet: FleetBroker, pki: Path) -> None:

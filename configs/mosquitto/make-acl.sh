@@ -40,7 +40,9 @@ for arg in "$@"; do
     printf '\nuser %s\n' "$arg"
     # Its own tree: state, health, ha, cmd/<id> statuses, cmd/_invalid, operators' reply topics.
     printf 'topic write %s/%s/#\n' "$root" "$arg"
-    # Its own commands, and its cluster's presence and HA verdicts (the HA peer checks).
+    # Its own commands, and its cluster's presence, HA verdicts and health (the HA peer checks,
+    # the voters' risk flags of failover readiness, the clock offset against its peers).
     printf 'topic read %s/%s/cmd\ntopic read %s/+/state\ntopic read %s/+/ha\n' \
         "$root" "$arg" "$root" "$root"
+    printf 'topic read %s/+/health\n' "$root"
 done
