@@ -110,11 +110,14 @@ class Agent:
             on_budget_restart=self.request_restart,
         )
         self.link.on_connect(monitor.on_connect)
+        monitor.attach()
         roots: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "mqtt-link": self.link.run,
             "health-monitor": monitor.run,
             "microk8s-facts": monitor.run_facts,
         }
+        if monitor.detectors is not None:
+            roots["health-detectors"] = monitor.run_detectors
         if self.settings.http.enabled:
             roots["http-endpoint"] = lambda: endpoint.serve(self.settings, self.state, self.metrics)
         self.dispatcher = dispatch.build(

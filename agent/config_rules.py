@@ -84,6 +84,47 @@ def _validate_health(h: HealthSettings, problems: list[str]) -> None:
     for path in h.disk_paths:
         if not path.startswith("/"):
             problems.append(f"health.disk_paths: {path!r} must be an absolute path")
+    _validate_detectors(h, problems)
+
+
+# (key, low, high) of the detectors' numeric limits; an interval below the floor would wear the
+# card (fsync) or cost CPU for nothing.
+_DETECTOR_RANGES: tuple[tuple[str, float, float], ...] = (
+    ("detectors_interval_s", 1, 3600),
+    ("cert_warn_days", 0, 3650),
+    ("cert_crit_days", 0, 3650),
+    ("certs_interval_s", 60, 86400 * 7),
+    ("clock_offset_warn_s", 0.01, 86400),
+    ("clock_offset_crit_s", 0.01, 86400),
+    ("clock_window_s", 10, 86400),
+    ("process_restarts_crit", 1, 1000),
+    ("process_restart_window_s", 10, 86400),
+    ("process_cpu_warn_percent", 1, 10000),
+    ("process_cpu_window_s", 10, 86400),
+    ("process_rss_growth_warn_mib_h", 1, 65536),
+    ("fsync_warn_ms", 0.1, 60000),
+    ("fsync_crit_ms", 0.1, 60000),
+    ("fsync_interval_s", 60, 86400),
+    ("fsync_window_s", 60, 86400 * 7),
+    ("eviction_margin_percent", 0, 50),
+    ("not_ready_warn_s", 1, 86400),
+)
+
+
+def _validate_detectors(h: HealthSettings, problems: list[str]) -> None:
+    for key, low, high in _DETECTOR_RANGES:
+        _check_range(problems, f"health.{key}", getattr(h, key), low, high)
+    for warn, crit in (
+        ("cert_crit_days", "cert_warn_days"),
+        ("clock_offset_warn_s", "clock_offset_crit_s"),
+        ("fsync_warn_ms", "fsync_crit_ms"),
+    ):
+        if getattr(h, warn) > getattr(h, crit):
+            problems.append(f"health.{warn}: must not exceed {crit}")
+    for key in ("proc_root", "fsync_path"):
+        value = getattr(h, key)
+        if value and not value.startswith("/"):
+            problems.append(f"health.{key}: {value!r} must be an absolute path")
 
 
 def _validate_rest(s: Settings, problems: list[str]) -> None:

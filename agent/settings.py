@@ -51,6 +51,30 @@ class HealthSettings:
     disk_paths: tuple[str, ...] = ("/",)
     # Where the Raspberry Pi files live; tests point it at a fixture tree.
     sysfs_root: str = "/"
+    # The detectors of MicroK8s' own failure modes (agent.health.detectors); their readings are
+    # slow or wear the card, so they run on their own loop and the health cycle reuses the last.
+    detectors_enabled: bool = True
+    detectors_interval_s: float = 30.0
+    proc_root: str = "/proc"
+    cert_warn_days: float = 30.0
+    cert_crit_days: float = 7.0
+    certs_interval_s: float = 21600.0
+    clock_offset_warn_s: float = 2.0
+    clock_offset_crit_s: float = 60.0
+    clock_window_s: float = 300.0
+    process_restarts_crit: int = 3
+    process_restart_window_s: float = 600.0
+    process_cpu_warn_percent: float = 90.0
+    process_cpu_window_s: float = 300.0
+    process_rss_growth_warn_mib_h: float = 100.0
+    fsync_warn_ms: float = 100.0
+    fsync_crit_ms: float = 1000.0
+    fsync_interval_s: float = 60.0
+    fsync_window_s: float = 3600.0
+    # Where to time fsync when the state dir is not on dqlite's filesystem ("" = nowhere).
+    fsync_path: str = ""
+    eviction_margin_percent: float = 5.0
+    not_ready_warn_s: float = 300.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,6 +110,11 @@ class MicroK8sSettings:
     hold_refresh: bool = True
     drain_timeout_s: float = 300.0
     join_timeout_s: float = 300.0
+    certs_dir: str = "/var/snap/microk8s/current/certs"
+    kubelet_args: str = "/var/snap/microk8s/current/args/kubelet"
+    # nodefs and imagefs of MicroK8s' kubelet, for the eviction headroom.
+    kubelet_dir: str = "/var/snap/microk8s/common/var/lib/kubelet"
+    containerd_dir: str = "/var/snap/microk8s/common/var/lib/containerd"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -18,9 +18,10 @@ from typing import Any
 from agent.errors import TransportError
 from agent.health import sysinfo, verdict
 from agent.health.budget import Action, Budget
+from agent.health.detectors import BLOCKS, Detectors
 from agent.health.metrics import Metrics
 from agent.health.state import AgentState
-from agent.link.mqtt import Link
+from agent.link.mqtt import Inbound, Link
 from agent.link.topics import Topics
 from agent.logs import get_logger
 from agent.microk8s.backends.base import Backend, ReportsKube
@@ -54,9 +55,8 @@ class HealthMonitor:
         self._metrics = metrics
         self._collect = collect
         self._thresholds = verdict.Thresholds.from_settings(settings.health)
-        self._health_topic = Topics(
-            settings.mqtt.prefix, settings.node.cluster, settings.node.name
-        ).health
+        self._topics = Topics(settings.mqtt.prefix, settings.node.cluster, settings.node.name)
+        self._health_topic = self._topics.health
         self._facts: MicroK8sFacts | None = None
         self._facts_ready = asyncio.Event()
         self._wake = asyncio.Event()
@@ -65,12 +65,30 @@ class HealthMonitor:
         self.kube: dict[str, Any] = {"node_ready": None}
         self._budget = Budget(settings.agent.max_rss_mib)
         self._on_budget_restart = on_budget_restart
+        self.detectors = Detectors(settings) if settings.health.detectors_enabled else None
+
+    def attach(self) -> None:
+        """Hear the peers' health: their `ts` on arrival is the clock detector's peer offset."""
+        if self.detectors is None:
+            return
+        self._link.subscribe(self._topics.peers("health"), 0, self._on_peer_health)
+
+    def _on_peer_health(self, inbound: Inbound) -> None:
+        node = self._topics.node_of(inbound.topic)
+        if self.detectors is not None and node is not None:
+            self.detectors.on_peer_health(node, inbound, self._settings.node.name)
+
+    async def run_detectors(self) -> None:
+        if self.detectors is not None:
+            await self.detectors.run()
 
     def request_publish(self) -> None:
         """Take and publish a sample now (after a reconnect, or for a `status` command)."""
         self._wake.set()
 
     async def on_connect(self) -> None:
+        if self.detectors is not None:
+            self.detectors.on_connect()
         self.request_publish()
 
     async def run_facts(self) -> None:
@@ -151,7 +169,16 @@ class HealthMonitor:
             kube=self.kube,
             agent=agent_figures,
             thresholds=self._thresholds,
+            detectors=self._detector_report(system.get("memory"), link.connected),
         )
+
+    def _detector_report(
+        self, memory: Any, connected: bool
+    ) -> tuple[dict[str, Any], list[verdict.Finding]]:
+        if self.detectors is None:
+            return dict.fromkeys(BLOCKS), []
+        self.detectors.memory = memory if isinstance(memory, dict) else None
+        return self.detectors.report(node_ready=self.kube.get("node_ready"), connected=connected)
 
     async def _publish(self, snapshot: dict[str, Any]) -> None:
         if not self._link.connected:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 SCHEMA = 1
@@ -96,8 +96,12 @@ def evaluate(
         *_throttling(system.get("throttled")),
         *_microk8s(system, microk8s),
     ]
-    status = max((severity for severity, _ in findings), key=_RANK.__getitem__, default=OK)
-    return status, [reason for _, reason in findings]
+    return worst(findings), [reason for _, reason in findings]
+
+
+def worst(findings: Iterable[Finding]) -> str:
+    """The most severe finding's severity; ok when there is none."""
+    return max((severity for severity, _ in findings), key=_RANK.__getitem__, default=OK)
 
 
 def build_snapshot(
@@ -112,9 +116,17 @@ def build_snapshot(
     kube: Mapping[str, Any],
     agent: Mapping[str, Any] | None = None,
     thresholds: Thresholds,
+    detectors: tuple[Mapping[str, Any], list[Finding]] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the ``R/health`` object of PROTOCOL.md, with status and reasons evaluated."""
+    """Assemble the ``R/health`` object of PROTOCOL.md, with status and reasons evaluated.
+
+    `detectors` are the detector blocks and their findings (agent.health.detectors): the
+    blocks are added as they are, the findings join the node's status and reasons.
+    """
     status, reasons = evaluate(system, microk8s, thresholds)
+    if detectors is not None and detectors[1]:
+        status = worst([(status, ""), *detectors[1]])
+        reasons += [reason for _, reason in detectors[1]]
     snapshot: dict[str, Any] = {
         "schema": SCHEMA,
         "node": node,
@@ -130,6 +142,8 @@ def build_snapshot(
     }
     if agent is not None:
         snapshot["agent"] = dict(agent)
+    if detectors is not None:
+        snapshot.update(detectors[0])
     return snapshot
 
 
