@@ -38,9 +38,14 @@ def loopback_block() -> str:
 
 
 def write_self_signed(
-    cert_path: Path, key_path: Path, common_name: str, *, sans: list[x509.GeneralName] | None = None
+    cert_path: Path,
+    key_path: Path,
+    common_name: str,
+    *,
+    sans: list[x509.GeneralName] | None = None,
+    days: float = 3650,
 ) -> None:
-    """A throwaway self-signed certificate and its key (PEM), valid from yesterday for 10 years."""
+    """A throwaway self-signed certificate and its key (PEM), valid from yesterday for `days`."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
@@ -51,7 +56,7 @@ def write_self_signed(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=3650))
+        .not_valid_after(now + datetime.timedelta(days=days))
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)

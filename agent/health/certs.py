@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import CommandTimedOut, ProcessError
-from agent.health import kubelet_args
 from agent.health.verdict import CRITICAL, DEGRADED, OK, Finding
 from agent.logs import get_logger
 from agent.microk8s import process
@@ -27,14 +26,19 @@ PROBE_TIMEOUT_S = 60.0
 DAY_S = 86400.0
 
 
-def kubelet_cert(args_file: Path, kubelet_dir: Path) -> Path:
-    """The kubelet's serving certificate: `--tls-cert-file`, else the one kubelet generated."""
-    try:
-        flags = kubelet_args.parse(args_file.read_text(errors="replace"))
-    except OSError:
-        flags = {}
-    named = flags.get("tls-cert-file")
-    return Path(named) if named else kubelet_dir / "pki" / "kubelet.crt"
+def kubelet_cert(flags: Mapping[str, str], kubelet_dir: Path) -> Path:
+    """The kubelet's serving certificate: `--tls-cert-file`, else `kubelet.crt` in `--cert-dir`
+    (where MicroK8s' kubelet writes its self-signed one), else under the kubelet's root dir."""
+    if named := flags.get("tls-cert-file"):
+        return Path(named)
+    if cert_dir := flags.get("cert-dir"):
+        return Path(cert_dir) / "kubelet.crt"
+    return kubelet_dir / "pki" / "kubelet.crt"
+
+
+def anything_to_read(certs_dir: Path, kubelet: Path) -> bool:
+    """False without MicroK8s: then no child process is started for nothing."""
+    return certs_dir.is_dir() or kubelet.is_file()
 
 
 async def read(certs_dir: Path, extra: list[Path], python: str = sys.executable) -> dict[str, Any]:

@@ -30,7 +30,11 @@ def probe(directory: Path, files: list[Path]) -> dict[str, dict[str, object]]:
     errors: dict[str, object] = {}
     candidates = [(p.name, p) for pattern in PATTERNS for p in sorted(directory.glob(pattern))]
     candidates += [(str(p), p) for p in files if p.exists()]
+    seen: set[Path] = set()
     for name, path in candidates:
+        if path.resolve() in seen:
+            continue  # the kubelet's certificate is usually in the certs directory already
+        seen.add(path.resolve())
         try:
             found[name] = round(expiry(path))
         except (OSError, ValueError) as exc:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ProcessError
-from agent.health import certs, clock, eviction, processes, storage
+from agent.health import certs, clock, eviction, kubelet_args, processes, storage
 from agent.health.readiness import NotReadyWatch
 from agent.health.verdict import Finding
 from agent.link.mqtt import Inbound
@@ -28,6 +28,8 @@ from agent.settings import Settings
 log = get_logger(__name__)
 
 BLOCKS = ("certs", "clock", "microk8s_processes", "storage", "eviction", "readiness")
+FIRST_REFRESH_DELAY_S = 1.0
+"""Let the first health message go out before the first readings compete with it for CPU."""
 PEER_RECENT_S = 60.0
 """A peer heard from within this long counts as reachable (health comes every 10 s)."""
 
@@ -54,6 +56,7 @@ class Detectors:
         self._kernel_clock: clock.KernelClock | None = None
         self._spaces: dict[str, eviction.Space | None] = {}
         self._rules: dict[str, eviction.Threshold] = {}
+        self._flags: dict[str, str] = {}
         self._wear: dict[str, Any] | None = None
         self._due = {"certs": 0.0, "fsync": 0.0}
         self._peers_seen = 0
@@ -86,6 +89,7 @@ class Detectors:
     # --- readings ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        await asyncio.sleep(FIRST_REFRESH_DELAY_S)
         while True:
             await self.refresh()
             await asyncio.sleep(self._settings.health.detectors_interval_s)
@@ -107,9 +111,10 @@ class Detectors:
         s = self._settings
         self._tracker.update(processes.scan(Path(s.health.proc_root)), now)
         self._kernel_clock = clock.read_kernel()
-        self._rules = eviction.thresholds(Path(s.microk8s.kubelet_args))
+        self._flags = kubelet_args.read(Path(s.microk8s.kubelet_args))
+        self._rules = eviction.thresholds(self._flags)
         self._spaces = {
-            "nodefs": eviction.statvfs(Path(s.microk8s.kubelet_dir)),
+            "nodefs": eviction.statvfs(Path(self._flags.get("root-dir", s.microk8s.kubelet_dir))),
             "imagefs": eviction.statvfs(Path(s.microk8s.containerd_dir)),
         }
         if fsync_due:
@@ -130,7 +135,10 @@ class Detectors:
 
     async def _read_certs(self) -> None:
         mk = self._settings.microk8s
-        kubelet = certs.kubelet_cert(Path(mk.kubelet_args), Path(mk.kubelet_dir))
+        kubelet = certs.kubelet_cert(self._flags, Path(mk.kubelet_dir))
+        if not await asyncio.to_thread(certs.anything_to_read, Path(mk.certs_dir), kubelet):
+            self._expiries = None
+            return
         try:
             self._expiries = await certs.read(Path(mk.certs_dir), [kubelet], self._python)
         except ProcessError as exc:

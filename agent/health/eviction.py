@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.health import kubelet_args
 from agent.health.verdict import CRITICAL, DEGRADED, Finding, worst
 
 # The kubelet's built-in --eviction-hard (Linux).
@@ -77,11 +76,8 @@ def parse_hard(value: str) -> dict[str, Threshold]:
     return rules
 
 
-def thresholds(args_file: Path) -> dict[str, Threshold]:
-    try:
-        flags = kubelet_args.parse(args_file.read_text(errors="replace"))
-    except OSError:
-        flags = {}
+def thresholds(flags: Mapping[str, str]) -> dict[str, Threshold]:
+    """The kubelet's `--eviction-hard`, or its built-in default when the flag is absent."""
     return parse_hard(flags.get("eviction-hard", DEFAULT_HARD))
 
 
