@@ -120,7 +120,13 @@ def agent_config(
     values: dict[str, dict[str, Any]] = {
         "node": {"name": "test-node", "cluster": "lab"},
         "mqtt": {"host": broker.host, "port": broker.port, "keepalive_s": 5},
-        "health": {"interval_s": 0.5, "sysfs_root": str(tmp_path / "no-sysfs")},
+        # The detectors read this machine (a container's clock is never NTP-synchronised) and
+        # start a certificate probe: tests of them turn them on (tests/test_detectors_agents.py).
+        "health": {
+            "interval_s": 0.5,
+            "sysfs_root": str(tmp_path / "no-sysfs"),
+            "detectors_enabled": False,
+        },
         "http": {"port": http_port or free_port()},
         # Never the machine's own snapd: `auto` would pick it and hold its microk8s refreshes.
         "microk8s": {
