@@ -290,3 +290,47 @@ def test_not_ready_is_stuck_only_while_the_network_is_fine() -> None:
     assert watch.assess(False, True, 0, 400)[1] == []  # no peer heard: the network, then
     assert watch.assess(True, True, 2, 401) == ({"status": "ok", "not_ready_s": 0, "peers": 2}, [])
     assert watch.assess(False, True, 2, 402)[1] == []  # the count starts again
+
+
+def test_each_detector_has_a_metric() -> None:
+    from prometheus_client import generate_latest
+
+    from agent.health.metrics import Metrics
+    from agent.health.state import AgentState
+
+    state = AgentState()
+    state.record_health(
+        {
+            "status": "critical",
+            "system": {},
+            "microk8s": {},
+            "certs": {"status": "critical", "earliest": "a.crt", "days": 5.0, "count": 1},
+            "clock": {"status": "ok", "synced": True, "peer_offset_s": -0.25, "peers": 2},
+            "microk8s_processes": {
+                "status": "critical",
+                "kubelite": {"restarts": 3, "rss_bytes": 1000, "cpu_percent": 2.0},
+                "k8s-dqlite": None,
+            },
+            "storage": {"status": "degraded", "fsync_p99_ms": 120.0},
+            "eviction": {"status": "ok", "nodefs": {"free_pct": 42.5}},
+            "readiness": None,
+        },
+        0.01,
+        time.monotonic(),
+    )
+    text = generate_latest(Metrics(state).registry).decode()
+    for line in (
+        'edge_agent_detector_status{detector="certs"} 2.0',
+        'edge_agent_detector_status{detector="storage"} 1.0',
+        'edge_agent_detector_status{detector="eviction"} 0.0',
+        "edge_agent_cert_expiry_days 5.0",
+        "edge_agent_clock_peer_offset_seconds -0.25",
+        "edge_agent_clock_synced 1.0",
+        'edge_agent_microk8s_process_restarts{process="kubelite"} 3.0',
+        'edge_agent_microk8s_process_rss_bytes{process="kubelite"} 1000.0',
+        "edge_agent_fsync_p99_ms 120.0",
+        "edge_agent_nodefs_free_percent 42.5",
+    ):
+        assert line in text.splitlines(), line
+    assert 'detector="readiness"' not in text
+    assert "edge_agent_not_ready_seconds" not in text

@@ -61,13 +61,18 @@ def spawn_node(
     **sections: dict[str, Any],
 ) -> AgentProcess:  # fmt: skip
     where.mkdir(parents=True)
-    config = agent_config(where, broker, node={"name": name, "cluster": "lab"}, **sections)
+    sections["node"] = {"name": name, "cluster": "lab"}
+    config = agent_config(where, broker, http_port=None, **sections)
     return spawn(config, env=env)
 
 
 def kubelite_restarts(payload: Any) -> int | None:
     kubelite = (payload.get("microk8s_processes") or {}).get("kubelite") or {}
     return kubelite.get("restarts")
+
+
+def restarted(times: int) -> Callable[[str, Any], bool]:
+    return lambda t, p: t == HEALTH.format("pi-01") and kubelite_restarts(p) == times
 
 
 def has_offset(payload: Any) -> bool:
@@ -122,10 +127,7 @@ async def test_a_lab_node_reports_every_detector_and_a_shifted_peer(
             node_fakes.gone(proc, pid)
             pid = 5000 + restarts
             node_fakes.proc_entry(proc, pid, "kubelite", start=pid)
-            _, health = await w.wait_for(
-                lambda t, p, n=restarts: t == HEALTH.format("pi-01") and kubelite_restarts(p) == n,
-                timeout_s=20,
-            )
+            _, health = await w.wait_for(restarted(restarts), timeout_s=20)
         assert "kubelite restarted 3 times in 10 min (crash loop)" in health["reasons"]
         assert health["microk8s_processes"]["status"] == "critical"
 

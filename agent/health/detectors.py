@@ -20,14 +20,13 @@ from typing import Any
 from agent.errors import ProcessError
 from agent.health import certs, clock, eviction, kubelet_args, processes, storage
 from agent.health.readiness import NotReadyWatch
-from agent.health.verdict import Finding
+from agent.health.verdict import DETECTOR_BLOCKS, Finding
 from agent.link.mqtt import Inbound
 from agent.logs import get_logger
 from agent.settings import Settings
 
 log = get_logger(__name__)
 
-BLOCKS = ("certs", "clock", "microk8s_processes", "storage", "eviction", "readiness")
 FIRST_REFRESH_DELAY_S = 1.0
 """Let the first health message go out before the first readings compete with it for CPU."""
 PEER_RECENT_S = 60.0
@@ -61,7 +60,7 @@ class Detectors:
         self._due = {"certs": 0.0, "fsync": 0.0}
         self._peers_seen = 0
         self._assessed: dict[str, tuple[dict[str, Any] | None, list[Finding]]] = dict.fromkeys(
-            BLOCKS[:-1], (None, [])
+            DETECTOR_BLOCKS[:-1], (None, [])
         )
         self.memory: Mapping[str, Any] | None = None
         """The last `system.memory` of the health cycle, for the kubelet's memory threshold."""

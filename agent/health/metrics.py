@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.health.state import AgentState
+from agent.health.verdict import DETECTOR_BLOCKS
 
 STATUS_VALUES = ("ok", "degraded", "critical")
 
@@ -28,6 +29,7 @@ class _StateCollector(Collector):
         if health is not None:
             yield from _health_metrics(health)
             yield from _agent_metrics(health.get("agent"))
+            yield from _detector_metrics(health)
         ha = self._state.last_ha
         if ha is not None:
             yield from _ha_metrics(ha)
@@ -114,6 +116,74 @@ def _agent_metrics(agent: dict[str, Any] | None) -> Iterator[Metric]:
     yield from _gauge(
         "edge_agent_open_fds", "Open file descriptors of the agent", agent.get("open_fds")
     )
+
+
+def _detector_metrics(health: dict[str, Any]) -> Iterator[Metric]:
+    """One figure per detector, plus each detector's status (absent while it is unknown)."""
+    status = GaugeMetricFamily(
+        "edge_agent_detector_status",
+        "Detector status: 0 ok, 1 degraded, 2 critical",
+        labels=["detector"],
+    )
+    for name in DETECTOR_BLOCKS:
+        rank = (health.get(name) or {}).get("status")
+        if rank in STATUS_VALUES:
+            status.add_metric([name], STATUS_VALUES.index(rank))
+    yield status
+    certs = health.get("certs") or {}
+    yield from _gauge(
+        "edge_agent_cert_expiry_days",
+        "Days until the earliest certificate expires",
+        certs.get("days"),
+    )
+    clock = health.get("clock") or {}
+    yield from _gauge(
+        "edge_agent_clock_peer_offset_seconds",
+        "This node's clock minus its peers' (median)",
+        clock.get("peer_offset_s"),
+    )
+    synced = clock.get("synced")
+    yield from _gauge(
+        "edge_agent_clock_synced", "1 while the kernel clock is synchronised",
+        None if synced is None else int(synced),
+    )  # fmt: skip
+    yield from _process_metrics(health.get("microk8s_processes") or {})
+    storage = health.get("storage") or {}
+    yield from _gauge(
+        "edge_agent_fsync_p99_ms",
+        "fsync latency p99 on dqlite's filesystem",
+        storage.get("fsync_p99_ms"),
+    )
+    eviction = health.get("eviction") or {}
+    yield from _gauge(
+        "edge_agent_nodefs_free_percent",
+        "Free space of the kubelet's filesystem",
+        (eviction.get("nodefs") or {}).get("free_pct"),
+    )
+    readiness = health.get("readiness") or {}
+    yield from _gauge(
+        "edge_agent_not_ready_seconds",
+        "How long the node has been NotReady",
+        readiness.get("not_ready_s"),
+    )
+
+
+def _process_metrics(block: dict[str, Any]) -> Iterator[Metric]:
+    restarts = GaugeMetricFamily(
+        "edge_agent_microk8s_process_restarts",
+        "Restarts of a MicroK8s process within the restart window",
+        labels=["process"],
+    )
+    rss = GaugeMetricFamily(
+        "edge_agent_microk8s_process_rss_bytes", "Resident memory of a MicroK8s process",
+        labels=["process"],
+    )  # fmt: skip
+    for name, entry in block.items():
+        if isinstance(entry, dict):
+            restarts.add_metric([name], float(entry.get("restarts") or 0))
+            rss.add_metric([name], float(entry.get("rss_bytes") or 0))
+    yield restarts
+    yield rss
 
 
 def _ha_metrics(ha: dict[str, Any]) -> Iterator[Metric]:

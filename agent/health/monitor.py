@@ -18,7 +18,7 @@ from typing import Any
 from agent.errors import TransportError
 from agent.health import sysinfo, verdict
 from agent.health.budget import Action, Budget
-from agent.health.detectors import BLOCKS, Detectors
+from agent.health.detectors import Detectors
 from agent.health.metrics import Metrics
 from agent.health.state import AgentState
 from agent.link.mqtt import Inbound, Link
@@ -176,7 +176,7 @@ class HealthMonitor:
         self, memory: Any, connected: bool
     ) -> tuple[dict[str, Any], list[verdict.Finding]]:
         if self.detectors is None:
-            return dict.fromkeys(BLOCKS), []
+            return dict.fromkeys(verdict.DETECTOR_BLOCKS), []
         self.detectors.memory = memory if isinstance(memory, dict) else None
         return self.detectors.report(node_ready=self.kube.get("node_ready"), connected=connected)
 

@@ -41,6 +41,9 @@ _THROTTLE_FLAGS: tuple[tuple[str, str, str, str], ...] = (
 
 Finding = tuple[str, str]
 
+DETECTOR_BLOCKS = ("certs", "clock", "microk8s_processes", "storage", "eviction", "readiness")
+"""Keys of the detector blocks in the health message (agent.health.detectors)."""
+
 
 class _ThresholdSource(Protocol):
     @property
