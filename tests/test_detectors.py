@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +14,7 @@ import pytest
 from agent.health import certs, clock, eviction, kubelet_args, processes, storage
 from agent.health.readiness import NotReadyWatch
 from tests import node_fakes
+from tests.paths import REPO
 
 DAY = 86400.0
 
@@ -60,7 +65,54 @@ def test_no_certificate_is_unknown() -> None:
 def test_the_kernel_clock_is_read() -> None:
     kernel = clock.read_kernel()
     assert kernel is not None
-    assert kernel.max_error_us >= 0
+    assert kernel.max_error_us is not None and kernel.max_error_us >= 0
+
+
+# A child that installs a seccomp filter like snapd's without `time-control` (adjtimex and
+# clock_adjtime, which glibc's adjtimex uses, → EPERM; everything else allowed), then reads the
+# clock with timesyncd's directory under `root`.
+SECCOMP_CHILD = """
+import ctypes, json, struct, sys
+from pathlib import Path
+adjtimex, clock_adjtime = int(sys.argv[1]), int(sys.argv[2])
+code = [(0x20, 0, 0, 0), (0x15, 2, 0, adjtimex), (0x15, 1, 0, clock_adjtime),
+        (0x06, 0, 0, 0x7FFF0000), (0x06, 0, 0, 0x00050001)]
+program = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *c) for c in code))
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+fprog = Fprog(len(code), ctypes.addressof(program))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+# PR_SET_SECCOMP, SECCOMP_MODE_FILTER (every argument given: prctl reads five)
+u = ctypes.c_ulong
+assert libc.prctl(22, u(2), ctypes.byref(fprog), u(0), u(0)) == 0
+assert libc.adjtimex(ctypes.byref(ctypes.create_string_buffer(512))) == -1
+assert ctypes.get_errno() == 1  # EPERM, as snapd's profile answers
+from agent.health import clock
+kernel = clock.read_kernel(Path(sys.argv[3]))
+print(json.dumps(None if kernel is None else [kernel.synced, kernel.est_error_us]))
+"""
+SYSCALLS = {"x86_64": ("159", "305"), "aarch64": ("171", "266")}  # adjtimex, clock_adjtime
+
+
+@pytest.mark.parametrize(("flag", "expected"), [(True, [True, None]), (False, [False, None])])
+def test_under_a_seccomp_denial_the_clock_comes_from_timesyncd(
+    tmp_path: Path, flag: bool, expected: list[object]
+) -> None:
+    machine = platform.machine()
+    if machine not in SYSCALLS:
+        pytest.skip(f"no adjtimex syscall number for {machine}")
+    timesync = tmp_path / "run" / "systemd" / "timesync"
+    timesync.mkdir(parents=True)
+    if flag:
+        (timesync / "synchronized").touch()
+    done = subprocess.run(
+        [sys.executable, "-c", SECCOMP_CHILD, *SYSCALLS[machine], str(tmp_path)],
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == expected
+    assert clock.read_timesyncd(tmp_path / "elsewhere") is None  # no timesyncd: unknown
 
 
 def test_the_peer_offset_is_a_median_over_the_window() -> None:

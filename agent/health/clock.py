@@ -2,7 +2,10 @@
 
 A skewed clock breaks MicroK8s quietly: certificates look not-yet-valid, join tokens and signed
 commands expire early. The kernel knows whether NTP keeps it synchronised (`adjtimex` with no
-mode bits: a pure read, allowed under the snap's default seccomp profile); the peers' health
+mode bits: a pure read). snapd's seccomp profile allows `adjtimex` only with `time-control`,
+which would also let the agent set the clock, so under strict confinement the call fails with
+EPERM and the agent falls back to systemd-timesyncd's flag file (Ubuntu Core's NTP client
+touches `/run/systemd/timesync/synchronized` once synchronised). The peers' health
 messages carry their `ts`, so the difference to our clock on arrival is a free, continuous
 estimate of the offset (transit adds milliseconds; the median over a window ignores a message
 that sat in a queue).
@@ -14,6 +17,7 @@ import ctypes
 import dataclasses
 import functools
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from agent.health.verdict import CRITICAL, DEGRADED, Finding, worst
@@ -38,11 +42,15 @@ class _Timex(ctypes.Structure):
     )
 
 
+TIMESYNCD_DIR = Path("run/systemd/timesync")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class KernelClock:
     synced: bool
-    est_error_us: int
-    max_error_us: int
+    est_error_us: int | None
+    """None when the state came from timesyncd's flag, which carries no error estimate."""
+    max_error_us: int | None
 
 
 @functools.cache
@@ -52,17 +60,25 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def read_kernel() -> KernelClock | None:
-    """`adjtimex(modes=0)`: read-only; None where libc or the call is not available."""
+def read_kernel(root: Path = Path("/")) -> KernelClock | None:
+    """`adjtimex(modes=0)` (read-only), else timesyncd's flag under `root`; None if neither."""
+    timex = _Timex()
     try:
-        timex = _Timex()
         state = _libc().adjtimex(ctypes.byref(timex))
     except (OSError, AttributeError):
-        return None
+        state = -1
     if state < 0:
-        return None
+        return read_timesyncd(root)
     synced = state != TIME_ERROR and not timex.status & STA_UNSYNC
     return KernelClock(synced, int(timex.esterror), int(timex.maxerror))
+
+
+def read_timesyncd(root: Path) -> KernelClock | None:
+    """Synchronised when timesyncd's flag exists; unknown when timesyncd is not running."""
+    directory = root / TIMESYNCD_DIR
+    if not directory.is_dir():
+        return None
+    return KernelClock((directory / "synchronized").exists(), None, None)
 
 
 class PeerOffsets:
@@ -119,8 +135,12 @@ def assess(
     block = {
         "status": worst(findings),
         "synced": None if kernel is None else kernel.synced,
-        "est_error_ms": None if kernel is None else round(kernel.est_error_us / 1000, 1),
+        "est_error_ms": _ms(None if kernel is None else kernel.est_error_us),
         "peer_offset_s": None if offset_s is None else round(offset_s, 3),
         "peers": peers,
     }
     return block, findings
+
+
+def _ms(microseconds: int | None) -> float | None:
+    return None if microseconds is None else round(microseconds / 1000, 1)

@@ -109,7 +109,7 @@ class Detectors:
     def _read_local(self, fsync_due: bool, now: float) -> None:
         s = self._settings
         self._tracker.update(processes.scan(Path(s.health.proc_root)), now)
-        self._kernel_clock = clock.read_kernel()
+        self._kernel_clock = clock.read_kernel(Path(s.health.sysfs_root))
         self._flags = kubelet_args.read(Path(s.microk8s.kubelet_args))
         self._rules = eviction.thresholds(self._flags)
         self._spaces = {
