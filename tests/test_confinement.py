@@ -85,6 +85,9 @@ def snap(tmp_path: Path, broker: Broker) -> FakeSnap:
         "node.name=pi-ro",
         "node.cluster=lab",
         "health.interval-s=0.5",
+        # The detectors' readings (adjtimex, /proc, statvfs, the fsync probe) must work here too.
+        "health.detectors-enabled=true",
+        "health.detectors-interval-s=1",
         f"http.port={free_port()}",
         f"microk8s.snapd-socket={tmp_path / 'no-snapd.socket'}",
         f"microk8s.cli={tmp_path / 'no-microk8s'}",
@@ -128,7 +131,12 @@ async def test_the_agent_writes_only_to_its_snap_dirs(
         first = ConfinedAgent(snap, tmp_path / "agent-1.log").start()
         confined.append(first)
         await w.wait_for(online(1), timeout_s=30)
-        await w.wait_for(lambda t, p: t == f"{R}/health" and p["session"] == 1, timeout_s=30)
+        _, health = await w.wait_for(
+            lambda t, p: t == f"{R}/health" and p["session"] == 1 and p["clock"] is not None,
+            timeout_s=30,
+        )
+        # The clock's sync state is read (adjtimex, or timesyncd's flag under seccomp).
+        assert health["clock"]["synced"] in {True, False}
         sent = operator_status(broker)
         assert sent.returncode == 0, sent.stdout + sent.stderr
         assert "succeeded" in sent.stdout

@@ -85,7 +85,9 @@ def test_snapcraft_yaml_is_the_design() -> None:
     assert app["restart-condition"] == "on-failure"
     assert app["install-mode"] == "disable"
     assert app["command"].split()[0] == "bin/edge-agent"
-    for plug in ("network", "network-bind", "snapd-control", "microk8s", "dqlite-backend"):
+    plugs = ("network", "network-bind", "snapd-control", "microk8s", "dqlite-backend")
+    detectors = ("system-observe", "hardware-observe", "microk8s-certs", "timesync-state")
+    for plug in plugs + detectors:
         assert plug in app["plugs"]
     content = project["plugs"]["microk8s"]
     assert (content["interface"], content["content"]) == ("content", "microk8s")
@@ -97,7 +99,13 @@ def test_snapcraft_yaml_is_the_design() -> None:
     # cluster.yaml and the live view's cluster.crt/cluster.key from.
     from agent.settings import MicroK8sSettings
 
-    assert project["plugs"]["dqlite-backend"]["read"] == [MicroK8sSettings().backend_dir]
+    defaults = MicroK8sSettings()
+    assert project["plugs"]["dqlite-backend"]["read"] == [defaults.backend_dir]
+    assert project["plugs"]["microk8s-certs"]["read"] == [
+        defaults.certs_dir,
+        defaults.kubelet_args,
+    ]
+    assert project["plugs"]["timesync-state"]["read"] == ["/run/systemd/timesync"]
     assert project["parts"]["agent"]["python-requirements"] == ["snap/requirements.txt"]
 
 
