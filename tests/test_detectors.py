@@ -386,3 +386,19 @@ def test_each_detector_has_a_metric() -> None:
         assert line in text.splitlines(), line
     assert 'detector="readiness"' not in text
     assert "edge_agent_not_ready_seconds" not in text
+
+
+def test_findings_join_the_message_and_blocks_are_kept_as_they_are() -> None:
+    from agent.health import verdict
+
+    blocks = dict.fromkeys(verdict.DETECTOR_BLOCKS)
+    blocks["storage"] = {"status": "degraded", "fsync_p99_ms": 150.0}
+    finding = ("degraded", "fsync p99 150 ms >= 100 ms")
+    snapshot = verdict.build_snapshot(
+        node="pi-01", cluster="lab", ts=1.0, session=1, seq=0, system={},
+        microk8s={"installed": False}, kube={}, thresholds=verdict.Thresholds(),
+        detectors=(blocks, [finding]),
+    )  # fmt: skip
+    assert (snapshot["status"], snapshot["reasons"]) == ("degraded", [finding[1]])
+    assert snapshot["storage"] == blocks["storage"]
+    assert snapshot["certs"] is None  # unknown stays null in the message
