@@ -213,6 +213,23 @@ def test_sustained_cpu_and_rss_growth_and_back(tmp_path: Path) -> None:
     assert ((block or {})["status"], findings) == ("ok", [])
 
 
+def test_known_pids_spare_the_walk_until_one_is_lost(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    node_fakes.proc_entry(proc, 4200, "kubelite", start=100)
+    tracker = processes.ProcessTracker(LIMITS)
+    tracker.update(processes.scan(proc), 0)
+    assert tracker.known() == {"kubelite": 4200}
+    node_fakes.proc_entry(proc, 4300, "containerd", start=200)
+    quick = processes.scan(proc, known=tracker.known(), walk=False)
+    assert quick["kubelite"] is not None and quick["containerd"] is None  # /proc not walked
+    node_fakes.gone(proc, 4200)
+    node_fakes.proc_entry(proc, 4201, "kubelite", start=300)
+    found = processes.scan(proc, known=tracker.known(), walk=False)  # the known pid is gone
+    assert (found["kubelite"] or processes.ProcReading(0, 0, 0, 0)).pid == 4201
+    tracker.update({"kubelite": None}, 60)
+    assert tracker.lost()  # seen before, missing now: the caller walks to catch it coming back
+
+
 def test_no_microk8s_process_is_unknown(tmp_path: Path) -> None:
     tracker = processes.ProcessTracker(LIMITS)
     tracker.update(processes.scan(tmp_path / "no-proc"), 0)
@@ -279,7 +296,7 @@ GIB = 1 << 30
 
 
 def test_thresholds_come_from_microk8s_args_else_the_kubelet_defaults() -> None:
-    flags = kubelet_args.read(node_fakes.KUBELET_ARGS)
+    flags = kubelet_args.parse(node_fakes.KUBELET_ARGS.read_text())
     assert flags["root-dir"] == "/var/snap/microk8s/common/var/lib/kubelet"
     rules = eviction.thresholds(flags)
     assert sorted(rules) == ["imagefs.available", "memory.available", "nodefs.available"]

@@ -29,6 +29,8 @@ log = get_logger(__name__)
 
 FIRST_REFRESH_DELAY_S = 1.0
 """Let the first health message go out before the first readings compete with it for CPU."""
+PROC_WALK_IDLE_S = 300.0
+"""How often /proc is walked for processes not seen yet (k8s-dqlite on a worker: never)."""
 PEER_RECENT_S = 60.0
 """A peer heard from within this long counts as reachable (health comes every 10 s)."""
 
@@ -57,7 +59,7 @@ class Detectors:
         self._rules: dict[str, eviction.Threshold] = {}
         self._flags: dict[str, str] = {}
         self._wear: dict[str, Any] | None = None
-        self._due = {"certs": 0.0, "fsync": 0.0}
+        self._due = {"certs": 0.0, "fsync": 0.0, "proc_walk": 0.0}
         self._peers_seen = 0
         self._assessed: dict[str, tuple[dict[str, Any] | None, list[Finding]]] = dict.fromkeys(
             DETECTOR_BLOCKS[:-1], (None, [])
@@ -108,9 +110,15 @@ class Detectors:
 
     def _read_local(self, fsync_due: bool, now: float) -> None:
         s = self._settings
-        self._tracker.update(processes.scan(Path(s.health.proc_root)), now)
+        # Walking /proc reads a file per process: do it for a process that went missing, else
+        # only every few minutes (a worker has no k8s-dqlite; a node may have no MicroK8s).
+        walk = self._tracker.lost() or now >= self._due["proc_walk"]
+        if walk:
+            self._due["proc_walk"] = now + PROC_WALK_IDLE_S
+        found = processes.scan(Path(s.health.proc_root), known=self._tracker.known(), walk=walk)
+        self._tracker.update(found, now)
         self._kernel_clock = clock.read_kernel(Path(s.health.sysfs_root))
-        self._flags = kubelet_args.read(Path(s.microk8s.kubelet_args))
+        self._flags = _kubelet_flags(Path(s.microk8s.kubelet_args))
         self._rules = eviction.thresholds(self._flags)
         self._spaces = {
             "nodefs": eviction.statvfs(Path(self._flags.get("root-dir", s.microk8s.kubelet_dir))),
@@ -182,3 +190,11 @@ class Detectors:
             blocks[name] = block
             findings += found
         return blocks, findings
+
+
+def _kubelet_flags(path: Path) -> dict[str, str]:
+    """The kubelet's flags; none when the args file is missing or unreadable (no MicroK8s)."""
+    try:
+        return kubelet_args.parse(path.read_text(errors="replace"))
+    except OSError:
+        return {}

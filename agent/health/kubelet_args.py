@@ -7,8 +7,6 @@ One `--flag=value` per line, values sometimes quoted, `${SNAP_DATA}`/`${SNAP_COM
 
 from __future__ import annotations
 
-from pathlib import Path
-
 SNAP_DATA = "/var/snap/microk8s/current"
 SNAP_COMMON = "/var/snap/microk8s/common"
 
@@ -35,11 +33,3 @@ def expand(value: str) -> str:
     for name, path in (("SNAP_DATA", SNAP_DATA), ("SNAP_COMMON", SNAP_COMMON)):
         value = value.replace("${" + name + "}", path).replace("$" + name, path)
     return value
-
-
-def read(path: Path) -> dict[str, str]:
-    """The flags of an args file; none when it is missing or unreadable (MicroK8s absent)."""
-    try:
-        return parse(path.read_text(errors="replace"))
-    except OSError:
-        return {}

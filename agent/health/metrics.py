@@ -118,6 +118,21 @@ def _agent_metrics(agent: dict[str, Any] | None) -> Iterator[Metric]:
     )
 
 
+# (metric, help, detector block, keys inside it): one figure per detector.
+_DETECTOR_GAUGES = (
+    ("edge_agent_cert_expiry_days", "Days until the earliest certificate expires", "certs",
+     ("days",)),
+    ("edge_agent_clock_peer_offset_seconds", "This node's clock minus its peers' (median)",
+     "clock", ("peer_offset_s",)),
+    ("edge_agent_fsync_p99_ms", "fsync latency p99 on dqlite's filesystem", "storage",
+     ("fsync_p99_ms",)),
+    ("edge_agent_nodefs_free_percent", "Free space of the kubelet's filesystem", "eviction",
+     ("nodefs", "free_pct")),
+    ("edge_agent_not_ready_seconds", "How long the node has been NotReady", "readiness",
+     ("not_ready_s",)),
+)  # fmt: skip
+
+
 def _detector_metrics(health: dict[str, Any]) -> Iterator[Metric]:
     """One figure per detector, plus each detector's status (absent while it is unknown)."""
     status = GaugeMetricFamily(
@@ -130,42 +145,18 @@ def _detector_metrics(health: dict[str, Any]) -> Iterator[Metric]:
         if rank in STATUS_VALUES:
             status.add_metric([name], STATUS_VALUES.index(rank))
     yield status
-    certs = health.get("certs") or {}
+    for name, doc, block, path in _DETECTOR_GAUGES:
+        value: Any = health.get(block)
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        yield from _gauge(name, doc, value)
+    synced = (health.get("clock") or {}).get("synced")
     yield from _gauge(
-        "edge_agent_cert_expiry_days",
-        "Days until the earliest certificate expires",
-        certs.get("days"),
-    )
-    clock = health.get("clock") or {}
-    yield from _gauge(
-        "edge_agent_clock_peer_offset_seconds",
-        "This node's clock minus its peers' (median)",
-        clock.get("peer_offset_s"),
-    )
-    synced = clock.get("synced")
-    yield from _gauge(
-        "edge_agent_clock_synced", "1 while the kernel clock is synchronised",
+        "edge_agent_clock_synced",
+        "1 while the kernel clock is synchronised",
         None if synced is None else int(synced),
-    )  # fmt: skip
+    )
     yield from _process_metrics(health.get("microk8s_processes") or {})
-    storage = health.get("storage") or {}
-    yield from _gauge(
-        "edge_agent_fsync_p99_ms",
-        "fsync latency p99 on dqlite's filesystem",
-        storage.get("fsync_p99_ms"),
-    )
-    eviction = health.get("eviction") or {}
-    yield from _gauge(
-        "edge_agent_nodefs_free_percent",
-        "Free space of the kubelet's filesystem",
-        (eviction.get("nodefs") or {}).get("free_pct"),
-    )
-    readiness = health.get("readiness") or {}
-    yield from _gauge(
-        "edge_agent_not_ready_seconds",
-        "How long the node has been NotReady",
-        readiness.get("not_ready_s"),
-    )
 
 
 def _process_metrics(block: dict[str, Any]) -> Iterator[Metric]:

@@ -71,7 +71,8 @@ class HealthMonitor:
         """Hear the peers' health: their `ts` on arrival is the clock detector's peer offset."""
         if self.detectors is None:
             return
-        self._link.subscribe(self._topics.peers("health"), 0, self._on_peer_health)
+        # no_local: our own health would come back every cycle, only to be dropped.
+        self._link.subscribe(self._topics.peers("health"), 0, self._on_peer_health, no_local=True)
 
     def _on_peer_health(self, inbound: Inbound) -> None:
         node = self._topics.node_of(inbound.topic)

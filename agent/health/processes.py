@@ -57,18 +57,38 @@ def parse_stat(text: str) -> tuple[str, ProcReading] | None:
         return None
 
 
-def scan(proc_root: Path, names: Iterable[str] = NAMES) -> dict[str, ProcReading | None]:
-    """The oldest process of each name (the daemon, not its short-lived children)."""
-    found: dict[str, ProcReading | None] = dict.fromkeys(names)
+def _read(proc_root: Path, pid: str) -> tuple[str, ProcReading] | None:
     try:
-        entries = [e for e in os.scandir(proc_root) if e.name.isdigit()]
+        return parse_stat(Path(proc_root, pid, "stat").read_text("ascii", errors="replace"))
+    except OSError:
+        return None  # exited while we looked
+
+
+def scan(
+    proc_root: Path,
+    names: Iterable[str] = NAMES,
+    known: Mapping[str, int] | None = None,
+    *,
+    walk: bool = True,
+) -> dict[str, ProcReading | None]:
+    """The oldest process of each name (the daemon, not its short-lived children).
+
+    `known` pids (the last scan's) are read first. /proc is walked (one file per process on
+    the node) when `walk` is asked for or one of them is gone or renamed.
+    """
+    found: dict[str, ProcReading | None] = dict.fromkeys(names)
+    for name, known_pid in (known or {}).items():
+        parsed = _read(proc_root, str(known_pid))
+        if parsed is not None and parsed[0] == name and name in found:
+            found[name] = parsed[1]
+    if not walk and all(found[name] is not None for name in known or {}):
+        return found
+    try:
+        pids = [e.name for e in os.scandir(proc_root) if e.name.isdigit()]
     except OSError:
         return found
-    for entry in entries:
-        try:
-            parsed = parse_stat(Path(entry.path, "stat").read_text("ascii", errors="replace"))
-        except OSError:
-            continue  # exited while we looked
+    for pid in pids:
+        parsed = _read(proc_root, pid)
         if parsed is None or parsed[0] not in found:
             continue
         comm, reading = parsed
@@ -93,6 +113,14 @@ class ProcessTracker:
     def __init__(self, limits: Limits, names: Iterable[str] = NAMES) -> None:
         self.limits = limits
         self._history = {name: _History() for name in names}
+
+    def known(self) -> dict[str, int]:
+        """The pids seen last time, for `scan` to try first."""
+        return {name: h.last.pid for name, h in self._history.items() if h.last is not None}
+
+    def lost(self) -> bool:
+        """A process seen before is missing now: walk /proc to catch it coming back."""
+        return any(h.identity is not None and h.last is None for h in self._history.values())
 
     def update(self, readings: Mapping[str, ProcReading | None], now: float) -> None:
         for name, history in self._history.items():

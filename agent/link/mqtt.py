@@ -151,6 +151,7 @@ class Link:
         self._version = agent_version
         self._client: aiomqtt.Client | None = None
         self._subscriptions: list[tuple[str, int, Handler]] = []
+        self._no_local: set[str] = set()
         self._connect_hooks: list[ConnectHook] = []
         self._outbox: collections.deque[_Outgoing] = collections.deque(maxlen=OUTBOX_LIMIT)
         self._stop = asyncio.Event()
@@ -174,9 +175,17 @@ class Link:
 
     # -- registration -------------------------------------------------------------------
 
-    def subscribe(self, topic_filter: str, qos: int, handler: Handler) -> None:
-        """Register a subscription; it is (re)issued, before the birth, on every connect."""
+    def subscribe(
+        self, topic_filter: str, qos: int, handler: Handler, *, no_local: bool = False
+    ) -> None:
+        """Register a subscription; it is (re)issued, before the birth, on every connect.
+
+        `no_local` (MQTT 5 only) asks the broker not to send back our own messages, for filters
+        that match them but whose handler only wants the peers'; with 3.1.1 they still arrive.
+        """
         self._subscriptions.append((topic_filter, qos, handler))
+        if no_local:
+            self._no_local.add(topic_filter)
 
     async def follow(self, topic_filter: str, qos: int, handler: Handler) -> None:
         """Register a subscription at run time and, when connected, issue it now.
@@ -460,7 +469,8 @@ class Link:
         """SUBSCRIBE and wait for the SUBACK; a refused filter is logged, not fatal."""
         try:
             if self._settings.protocol == 5:
-                options = SubscribeOptions(qos=qos, retainAsPublished=True)
+                no_local = topic_filter in self._no_local
+                options = SubscribeOptions(qos=qos, noLocal=no_local, retainAsPublished=True)
                 subscribe = client.subscribe(
                     topic_filter, options=options, timeout=PUBLISH_TIMEOUT_S
                 )
