@@ -10,6 +10,7 @@ its own pace, in a thread; the health cycle only calls `report`, which assesses 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -27,8 +28,8 @@ from agent.settings import Settings
 
 log = get_logger(__name__)
 
-FIRST_REFRESH_DELAY_S = 1.0
-"""Let the first health message go out before the first readings compete with it for CPU."""
+FIRST_REFRESH_MAX_WAIT_S = 10.0
+"""The first readings wait for the first health message (start-up budget), at most this long."""
 PROC_WALK_IDLE_S = 300.0
 """How often /proc is walked for processes not seen yet (k8s-dqlite on a worker: never)."""
 PEER_RECENT_S = 60.0
@@ -89,8 +90,15 @@ class Detectors:
 
     # --- readings ---------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        await asyncio.sleep(FIRST_REFRESH_DELAY_S)
+    async def run(self, first_published: asyncio.Event | None = None) -> None:
+        """Refresh forever; the first time once `first_published` is set (or after a while).
+
+        The first round starts the certificate probe (a Python child) and walks /proc: on a Pi
+        that competes with the agent's own start-up, whose first health message has a budget.
+        """
+        if first_published is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(first_published.wait(), FIRST_REFRESH_MAX_WAIT_S)
         while True:
             await self.refresh()
             await asyncio.sleep(self._settings.health.detectors_interval_s)

@@ -66,6 +66,7 @@ class HealthMonitor:
         self._budget = Budget(settings.agent.max_rss_mib)
         self._on_budget_restart = on_budget_restart
         self.detectors = Detectors(settings) if settings.health.detectors_enabled else None
+        self._first_published = asyncio.Event()
 
     def attach(self) -> None:
         """Hear the peers' health: their `ts` on arrival is the clock detector's peer offset."""
@@ -81,7 +82,7 @@ class HealthMonitor:
 
     async def run_detectors(self) -> None:
         if self.detectors is not None:
-            await self.detectors.run()
+            await self.detectors.run(self._first_published)
 
     def request_publish(self) -> None:
         """Take and publish a sample now (after a reconnect, or for a `status` command)."""
@@ -192,6 +193,7 @@ class HealthMonitor:
                 retain=True,
             )
             self._seq += 1
+            self._first_published.set()
         except TransportError as exc:
             log.warning("health_not_published", error=str(exc))
 
