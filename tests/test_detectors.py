@@ -419,3 +419,25 @@ def test_findings_join_the_message_and_blocks_are_kept_as_they_are() -> None:
     assert (snapshot["status"], snapshot["reasons"]) == ("degraded", [finding[1]])
     assert snapshot["storage"] == blocks["storage"]
     assert snapshot["certs"] is None  # unknown stays null in the message
+
+
+def test_the_retained_replay_of_a_peer_health_is_not_a_sample() -> None:
+    from agent.health.detectors import Detectors
+    from agent.link.mqtt import Inbound
+    from agent.settings import Settings
+
+    detectors = Detectors(Settings())
+
+    def arrive(node: str, ts: float, session: int) -> None:
+        payload = json.dumps({"ts": ts}).encode()
+        topic = f"microk8s/lab/nodes/{node}/health"
+        detectors.on_peer_health(node, Inbound(topic, payload, 0, True), "pi-01", session)
+
+    arrive("pi-02", 0.0, session=1)  # the replay at subscription: hours old, must not count
+    arrive("pi-01", 0.0, session=1)  # our own
+    for _ in range(3):
+        arrive("pi-02", time.time() - 0.5, session=1)
+    median = detectors._peers.median(time.monotonic())
+    assert median == pytest.approx(0.5, abs=0.2)
+    arrive("pi-02", 0.0, session=2)  # reconnected: the replay again
+    assert detectors._peers.median(time.monotonic()) == pytest.approx(0.5, abs=0.2)

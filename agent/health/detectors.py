@@ -42,7 +42,7 @@ class Detectors:
         self._python = python
         h = settings.health
         self._peers = clock.PeerOffsets(h.clock_window_s)
-        self._replayed: set[str] = set()
+        self._sessions: dict[str, int] = {}
         self._tracker = processes.ProcessTracker(
             processes.Limits(
                 restarts_crit=h.process_restarts_crit,
@@ -70,17 +70,16 @@ class Detectors:
 
     # --- the peers' feed -------------------------------------------------------------------
 
-    def on_connect(self) -> None:
-        """The broker replays every retained health on (re)subscription: not fresh, skip those."""
-        self._replayed.clear()
-
-    def on_peer_health(self, node: str, inbound: Inbound, own: str) -> None:
+    def on_peer_health(self, node: str, inbound: Inbound, own: str, session: int) -> None:
+        """Record a peer's `ts` against our clock, skipping the broker's replay of its retained
+        copy: the first message from each peer in each of our sessions (a dead peer's retained
+        health can be hours old; with MQTT 5's Retain As Published live ones carry the flag too).
+        """
         if node == own:
             return
-        if inbound.retain and node not in self._replayed:
-            self._replayed.add(node)
+        if self._sessions.get(node) != session:
+            self._sessions[node] = session
             return
-        self._replayed.add(node)
         try:
             ts = json.loads(inbound.payload).get("ts")
         except (ValueError, AttributeError):

@@ -78,7 +78,8 @@ class HealthMonitor:
     def _on_peer_health(self, inbound: Inbound) -> None:
         node = self._topics.node_of(inbound.topic)
         if self.detectors is not None and node is not None:
-            self.detectors.on_peer_health(node, inbound, self._settings.node.name)
+            own = self._settings.node.name
+            self.detectors.on_peer_health(node, inbound, own, self._link.session)
 
     async def run_detectors(self) -> None:
         if self.detectors is not None:
@@ -89,8 +90,6 @@ class HealthMonitor:
         self._wake.set()
 
     async def on_connect(self) -> None:
-        if self.detectors is not None:
-            self.detectors.on_connect()
         self.request_publish()
 
     async def run_facts(self) -> None:
