@@ -102,7 +102,8 @@ async def test_a_lab_node_reports_every_detector_and_a_shifted_peer(
             timeout_s=40,
         )  # fmt: skip
         assert health["certs"] == {
-            "status": "critical", "earliest": "front-proxy-client.crt", "days": 5.0, "count": 3
+            "status": "critical", "earliest": "front-proxy-client.crt", "days": 5.0, "count": 3,
+            "reasons": ["certificate front-proxy-client.crt expires in 5.0 days (<= 7)"],
         }  # fmt: skip
         assert "certificate front-proxy-client.crt expires in 5.0 days (<= 7)" in health["reasons"]
         assert health["status"] == "critical"
@@ -111,6 +112,7 @@ async def test_a_lab_node_reports_every_detector_and_a_shifted_peer(
         processes = health["microk8s_processes"]
         assert processes["kubelite"]["rss_bytes"] > 0
         assert processes["status"] == "ok"
+        assert "reasons" not in processes
         assert health["storage"]["fsync_samples"] == 1
         assert health["storage"]["wear"] == {"device": "mmcblk0", "life_time": 2, "pre_eol": 1}
         assert health["eviction"]["nodefs"]["free_pct"] > 0

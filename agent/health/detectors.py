@@ -194,7 +194,7 @@ class Detectors:
         blocks: dict[str, Any] = {}
         findings: list[Finding] = []
         for name, (block, found) in (*self._assessed.items(), ("readiness", readiness)):
-            blocks[name] = block
+            blocks[name] = _with_reasons(block, found)
             findings += found
         return blocks, findings
 
@@ -205,3 +205,11 @@ def _kubelet_flags(path: Path) -> dict[str, str]:
         return kubelet_args.parse(path.read_text(errors="replace"))
     except OSError:
         return {}
+
+
+def _with_reasons(block: dict[str, Any] | None, findings: list[Finding]) -> dict[str, Any] | None:
+    """A block that is not ok carries its own reasons too: peers read blocks by key (the HA
+    readiness's risk flags) and then say what is wrong without parsing the message's list."""
+    if block is None or not findings:
+        return block
+    return {**block, "reasons": [reason for _, reason in findings]}
