@@ -192,3 +192,99 @@ def test_trusted_keys_are_checked_at_start(tmp_path: Path) -> None:
     done = subprocess.run(run, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 3  # start-up failure, before any command could be accepted
     assert "junk.pub: not a PEM public key" in done.stdout + done.stderr
+
+
+# --- key file formats: what cryptography and OpenSSL write loads, and the other way round ----
+
+
+def test_keys_written_by_cryptography_load_and_interoperate(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "old.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (tmp_path / "old.pub").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    signed = Signer.from_file(tmp_path / "old.key").sign(body())
+    assert Verifier.from_files([str(tmp_path / "old.pub")]).verify(signed) is None
+    # The signature is the one cryptography makes (Ed25519 is deterministic) ...
+    raw = base64.b64decode(signed["sig"])
+    key.public_key().verify(raw, signing.signed_bytes(signed))
+    assert raw == key.sign(signing.signed_bytes(signed))
+
+
+def test_keygen_output_loads_in_cryptography(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+    private, public = signing.generate("ops-1", tmp_path)
+    loaded = serialization.load_pem_private_key(private.read_bytes(), password=None)
+    loaded_public = serialization.load_pem_public_key(public.read_bytes())
+    assert isinstance(loaded, Ed25519PrivateKey)
+    assert isinstance(loaded_public, Ed25519PublicKey)
+    signed = Signer.from_file(private).sign(body())
+    loaded_public.verify(base64.b64decode(signed["sig"]), signing.signed_bytes(signed))
+
+
+def test_keys_written_by_openssl_load(tmp_path: Path) -> None:
+    private, public = tmp_path / "ossl.key", tmp_path / "ossl.pub"
+    run = [["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(private)]]
+    run.append(["openssl", "pkey", "-in", str(private), "-pubout", "-out", str(public)])
+    for argv in run:
+        subprocess.run(argv, check=True, capture_output=True, timeout=30)
+    signed = Signer.from_file(private).sign(body())
+    assert Verifier.from_files([str(public)]).verify(signed) is None
+
+
+def test_pkcs8_v2_with_public_key_loads(tmp_path: Path) -> None:
+    seed = bytes(range(32))
+    from nacl.signing import SigningKey
+
+    raw_public = bytes(SigningKey(seed).verify_key)
+    der = signing.PKCS8_V2_PREFIX + seed + signing.PKCS8_V2_PUBLIC + raw_public
+    pem = (
+        b"-----BEGIN PRIVATE KEY-----\n" + base64.b64encode(der) + b"\n-----END PRIVATE KEY-----\n"
+    )
+    assert signing.private_key_seed(pem) == seed
+
+
+@pytest.mark.parametrize(
+    ("label", "der"),
+    [
+        ("ENCRYPTED PRIVATE KEY", signing.PKCS8_V1_PREFIX + bytes(32)),
+        ("PRIVATE KEY", signing.PKCS8_V1_PREFIX + bytes(31)),
+        ("PRIVATE KEY", bytes.fromhex("302e020100300506032b657104220420") + bytes(32)),  # X448 oid
+    ],
+)
+def test_other_private_keys_are_refused(tmp_path: Path, label: str, der: bytes) -> None:
+    path = tmp_path / "k.key"
+    path.write_bytes(
+        f"-----BEGIN {label}-----\n".encode()
+        + base64.b64encode(der)
+        + f"\n-----END {label}-----\n".encode()
+    )
+    with pytest.raises(SigningError, match="not an unencrypted PEM private key"):
+        Signer.from_file(path)
+
+
+def test_a_node_without_keys_never_loads_libsodium() -> None:
+    code = (
+        "import sys; from agent.commands import signing; "
+        "signing.Verifier.from_files([]); print('nacl' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "False"

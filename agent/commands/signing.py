@@ -1,4 +1,4 @@
-"""Ed25519 signatures of command envelopes: the only module that imports `cryptography`.
+"""Ed25519 signatures of command envelopes: the only module that imports PyNaCl (libsodium).
 
 The signed bytes are the envelope without `sig`, as JSON with sorted keys, separators `,` `:`,
 no ASCII escaping, UTF-8 (PROTOCOL.md, Signing). The agent re-serialises what it parsed, so the
@@ -7,6 +7,13 @@ should use integer times: float formatting differs between JSON libraries.
 
 Operators hold private keys (`edge-agent keygen`); nodes list the public halves in
 `commands.trusted_keys`, and a key's id is its file stem (`ops-1.pub` → `ops-1`).
+
+Key files are PEM as OpenSSL and `cryptography` write them: the public key as SubjectPublicKeyInfo
+(`BEGIN PUBLIC KEY`), the private key as unencrypted PKCS#8 (`BEGIN PRIVATE KEY`, v1, or v2 with
+the public key attached). For Ed25519 both are a fixed DER prefix and 32 raw bytes (RFC 8410), so
+they are read and written here without an ASN.1 library; keys made before PyNaCl replaced
+`cryptography` (0.1.0) load unchanged. PyNaCl is imported when a key is first used: a node
+without trusted keys never loads libsodium.
 """
 
 from __future__ import annotations
@@ -18,17 +25,24 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentError
 
+if TYPE_CHECKING:
+    from nacl.signing import SigningKey, VerifyKey
+
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 SIGNATURE_BYTES = 64
+KEY_BYTES = 32
 NO_KEYS = "commands are disabled: no trusted keys"
+# RFC 8410: DER of SubjectPublicKeyInfo and of PKCS#8 v1 PrivateKeyInfo for id-Ed25519 (1.3.101.112)
+# up to the 32 key bytes; v2 (OneAsymmetricKey) adds `[1] publicKey` after the seed.
+SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+PKCS8_V1_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+PKCS8_V2_PREFIX = bytes.fromhex("3051020101300506032b657004220420")
+PKCS8_V2_PUBLIC = bytes.fromhex("812100")
+PEM_RE = re.compile(rb"-----BEGIN ([A-Z ]+)-----\r?\n([A-Za-z0-9+/=\r\n]+?)-----END \1-----")
 
 
 class SigningError(AgentError):
@@ -47,22 +61,74 @@ def signed_bytes(body: Mapping[str, Any]) -> bytes:
     )
 
 
-def _read_public_key(path: Path) -> Ed25519PublicKey:
+def pem_der(text: bytes, label: str) -> bytes | None:
+    """The DER inside the first PEM block labelled `label`, or None when there is none."""
+    for match in PEM_RE.finditer(text):
+        if match.group(1).decode() == label:
+            try:
+                return base64.b64decode(b"".join(match.group(2).split()), validate=True)
+            except (binascii.Error, ValueError):
+                return None
+    return None
+
+
+def public_key_bytes(pem: bytes) -> bytes | None:
+    """The raw Ed25519 public key of a SubjectPublicKeyInfo PEM; None if it is not one."""
+    der = pem_der(pem, "PUBLIC KEY")
+    if der is None or len(der) != len(SPKI_PREFIX) + KEY_BYTES or not der.startswith(SPKI_PREFIX):
+        return None
+    return der[len(SPKI_PREFIX) :]
+
+
+def private_key_seed(pem: bytes) -> bytes | None:
+    """The 32-byte Ed25519 seed of an unencrypted PKCS#8 PEM (v1 or v2); None if not one."""
+    der = pem_der(pem, "PRIVATE KEY")
+    if der is None:
+        return None
+    seed_end = len(PKCS8_V1_PREFIX) + KEY_BYTES
+    if len(der) == seed_end and der.startswith(PKCS8_V1_PREFIX):
+        return der[len(PKCS8_V1_PREFIX) :]
+    v2_length = seed_end + len(PKCS8_V2_PUBLIC) + KEY_BYTES
+    if (
+        len(der) == v2_length
+        and der.startswith(PKCS8_V2_PREFIX)
+        and der[seed_end : seed_end + len(PKCS8_V2_PUBLIC)] == PKCS8_V2_PUBLIC
+    ):
+        return der[len(PKCS8_V2_PREFIX) : seed_end]
+    return None
+
+
+def _pem(label: str, der: bytes) -> bytes:
+    body = base64.b64encode(der).decode("ascii")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return "\n".join([f"-----BEGIN {label}-----", *lines, f"-----END {label}-----", ""]).encode()
+
+
+def public_pem(raw: bytes) -> bytes:
+    """A raw 32-byte Ed25519 public key as the PEM `commands.trusted_keys` files hold."""
+    return _pem("PUBLIC KEY", SPKI_PREFIX + raw)
+
+
+def _read(path: Path) -> bytes:
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
+        return path.read_bytes()
     except OSError as exc:
         raise SigningError([f"{path}: cannot read ({exc.strerror or exc})"]) from exc
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise SigningError([f"{path}: not a PEM public key"]) from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise SigningError([f"{path}: not an Ed25519 public key"])
-    return key
+
+
+def _read_public_key(path: Path) -> VerifyKey:
+    raw = public_key_bytes(_read(path))
+    if raw is None:
+        raise SigningError([f"{path}: not a PEM public key (Ed25519 SubjectPublicKeyInfo)"])
+    from nacl.signing import VerifyKey  # libsodium only once a key is trusted
+
+    return VerifyKey(raw)
 
 
 class Verifier:
     """Checks signatures against the trusted operator keys of this node."""
 
-    def __init__(self, keys: Mapping[str, Ed25519PublicKey]) -> None:
+    def __init__(self, keys: Mapping[str, VerifyKey]) -> None:
         self._keys = dict(keys)
 
     @classmethod
@@ -72,7 +138,7 @@ class Verifier:
         Raises:
             SigningError: naming every unreadable, malformed or duplicate key at once.
         """
-        keys: dict[str, Ed25519PublicKey] = {}
+        keys: dict[str, VerifyKey] = {}
         problems: list[str] = []
         for name in paths:
             path = Path(name)
@@ -111,9 +177,11 @@ class Verifier:
             return "sig is not valid base64"
         if len(raw) != SIGNATURE_BYTES:
             return f"sig must be {SIGNATURE_BYTES} bytes (Ed25519), got {len(raw)}"
+        from nacl.exceptions import BadSignatureError  # loaded with the key
+
         try:
-            key.verify(raw, signed_bytes(body))
-        except InvalidSignature:
+            key.verify(signed_bytes(body), raw)
+        except BadSignatureError:
             return f"bad signature: the command was altered after signing or not signed by {key_id}"
         return None
 
@@ -140,7 +208,7 @@ class Verifier:
 class Signer:
     """An operator's private key, used by `edge-agent send`."""
 
-    def __init__(self, key_id: str, key: Ed25519PrivateKey) -> None:
+    def __init__(self, key_id: str, key: SigningKey) -> None:
         self.key_id = key_id
         self._key = key
 
@@ -151,21 +219,18 @@ class Signer:
         Raises:
             SigningError: unreadable file, or not an unencrypted Ed25519 private key.
         """
-        try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except OSError as exc:
-            raise SigningError([f"{path}: cannot read ({exc.strerror or exc})"]) from exc
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise SigningError([f"{path}: not an unencrypted PEM private key"]) from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise SigningError([f"{path}: not an Ed25519 private key"])
-        return cls(path.stem, key)
+        seed = private_key_seed(_read(path))
+        if seed is None:
+            raise SigningError([f"{path}: not an unencrypted PEM private key (Ed25519 PKCS#8)"])
+        from nacl.signing import SigningKey  # operator side only
+
+        return cls(path.stem, SigningKey(seed))
 
     def sign(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """The envelope with `key_id` set and `sig` over everything else."""
         unsigned = {k: v for k, v in body.items() if k != "sig"}
         unsigned["key_id"] = self.key_id
-        signature = self._key.sign(signed_bytes(unsigned))
+        signature = self._key.sign(signed_bytes(unsigned)).signature
         return {**unsigned, "sig": base64.b64encode(signature).decode("ascii")}
 
 
@@ -181,18 +246,14 @@ def generate(name: str, directory: Path) -> tuple[Path, Path]:
     for path in (private_path, public_path):
         if path.exists():
             raise SigningError([f"{path}: already exists; not overwriting a key"])
-    key = Ed25519PrivateKey.generate()
-    private_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    public_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    from nacl.signing import SigningKey  # operator side only
+
+    key = SigningKey.generate()
+    private_pem = _pem("PRIVATE KEY", PKCS8_V1_PREFIX + bytes(key))
+    public = public_pem(bytes(key.verify_key))
     try:
         _write_new(private_path, private_pem, 0o600)
-        _write_new(public_path, public_pem, 0o644)
+        _write_new(public_path, public, 0o644)
     except FileExistsError as exc:
         raise SigningError([f"{exc.filename}: already exists; not overwriting a key"]) from exc
     except OSError as exc:

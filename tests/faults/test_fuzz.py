@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -219,9 +218,7 @@ def wire_corpus(now: int) -> list[Case]:
 def wire_config(tmp_path: Path, broker: Broker) -> Path:
     public = tmp_path / "keys" / "ops-1.pub"
     public.parent.mkdir()
-    public.write_bytes(
-        fuzzing.KEY.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    )
+    public.write_bytes(signing.public_pem(bytes(fuzzing.KEY.verify_key)))
     return agent_config(
         tmp_path,
         broker,
