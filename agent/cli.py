@@ -143,10 +143,20 @@ def _extra_commands() -> list[
     return adders
 
 
+AGENT_COMMANDS = frozenset({"run", "check-config"})
+
+
+def _agent_only(argv: Sequence[str]) -> bool:
+    """True when argv names the agent itself: the daemon then never imports the operator tools
+    and the snap hook, whose modules would stay resident for its whole life."""
+    return bool(argv) and argv[0] in AGENT_COMMANDS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse and dispatch. A bare `edge-agent` prints help (exit 2): starting a daemon, and
     creating its state directory, takes an explicit `edge-agent run`."""
-    parser = build_parser(_extra_commands())
+    words = list(argv if argv is not None else sys.argv[1:])
+    parser = build_parser(() if _agent_only(words) else _extra_commands())
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)

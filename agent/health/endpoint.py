@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 from aiohttp import web
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from agent.health.conn_guard import ConnectionGuard
 from agent.health.metrics import Metrics
@@ -64,6 +63,18 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+def metrics_handler(metrics: Metrics) -> Any:
+    """GET /metrics: Prometheus text or OpenMetrics as asked, gzip when accepted."""
+
+    async def handler(request: web.Request) -> web.Response:
+        body, content_type = metrics.exposition(request.headers.get("Accept"))
+        response = web.Response(body=body, headers={"Content-Type": content_type})
+        response.enable_compression()
+        return response
+
+    return handler
+
+
 def build_app(settings: Settings, state: AgentState, metrics: Metrics) -> web.Application:
     app = web.Application()
     app[STATE_KEY] = state
@@ -71,7 +82,7 @@ def build_app(settings: Settings, state: AgentState, metrics: Metrics) -> web.Ap
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)
-    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    app.router.add_get("/metrics", metrics_handler(metrics))
     return app
 
 

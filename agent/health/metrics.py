@@ -1,29 +1,40 @@
-"""Prometheus metrics: the only prometheus_client importer.
+"""Prometheus metrics: the only prometheus_client importer, and only at the first scrape.
 
 Gauges are computed at scrape time from `AgentState` by a custom collector, so the health loop
-pays nothing for metrics between scrapes; only the collection-duration histogram is observed live.
+pays nothing for metrics between scrapes; only the collection-duration histogram is observed
+live, into plain bucket counts. prometheus_client (~1-3 MiB resident) is imported when /metrics
+is first asked for: a node nobody scrapes never loads it.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
-from typing import Any
-
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any, cast
 
 from agent.health.state import AgentState
 from agent.health.verdict import DETECTOR_BLOCKS
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector
+
 STATUS_VALUES = ("ok", "degraded", "critical")
 
 
-class _StateCollector(Collector):
-    def __init__(self, state: AgentState) -> None:
+COLLECTION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _StateCollector:
+    """Duck-typed prometheus_client Collector (subclassing it would import the library)."""
+
+    def __init__(self, state: AgentState, metrics: Metrics) -> None:
         self._state = state
+        self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
+        yield self._metrics.collection_histogram()
         yield from _link_metrics(self._state)
         health = self._state.last_health
         if health is not None:
@@ -36,11 +47,15 @@ class _StateCollector(Collector):
 
 
 def _gauge(name: str, doc: str, value: float | None) -> Iterator[Metric]:
+    from prometheus_client.core import GaugeMetricFamily  # scrape time
+
     if value is not None:
         yield GaugeMetricFamily(name, doc, value=float(value))
 
 
 def _link_metrics(state: AgentState) -> Iterator[Metric]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
     link = state.link()
     yield GaugeMetricFamily(
         "edge_agent_mqtt_connected", "1 while connected to the broker", value=int(link.connected)
@@ -68,6 +83,8 @@ def _link_metrics(state: AgentState) -> Iterator[Metric]:
 
 
 def _health_metrics(health: dict[str, Any]) -> Iterator[Metric]:
+    from prometheus_client.core import GaugeMetricFamily  # scrape time
+
     status = GaugeMetricFamily(
         "edge_agent_health_status", "1 for the current status", labels=["status"]
     )
@@ -186,14 +203,51 @@ def _ha_metrics(ha: dict[str, Any]) -> Iterator[Metric]:
 
 
 class Metrics:
-    """A private registry (no default process collectors: the agent reports its own figures)."""
+    """A private registry (no default process collectors: the agent reports its own figures).
+
+    `observe` keeps the collection-duration histogram as plain counts; the registry is built at
+    the first `exposition`, and every scrape after that reads the same counts.
+    """
 
     def __init__(self, state: AgentState) -> None:
-        self.registry = CollectorRegistry()
-        self.collection_seconds = Histogram(
+        self._state = state
+        self._registry: CollectorRegistry | None = None
+        self._bucket_counts = [0] * (len(COLLECTION_BUCKETS) + 1)
+        self._sum = 0.0
+
+    def observe_collection(self, seconds: float) -> None:
+        """One health sample took `seconds` (the `edge_agent_health_collection_seconds` data)."""
+        self._bucket_counts[bisect.bisect_left(COLLECTION_BUCKETS, seconds)] += 1
+        self._sum += seconds
+
+    def collection_histogram(self) -> Metric:
+        from prometheus_client.core import HistogramMetricFamily  # scrape time
+
+        cumulative, buckets = 0, []
+        for bound, count in zip(
+            (*COLLECTION_BUCKETS, float("inf")), self._bucket_counts, strict=True
+        ):
+            cumulative += count
+            buckets.append((str(bound) if bound != float("inf") else "+Inf", float(cumulative)))
+        return HistogramMetricFamily(
             "edge_agent_health_collection_seconds",
             "Time to take one health sample",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=self.registry,
+            buckets=buckets,
+            sum_value=self._sum,
         )
-        self.registry.register(_StateCollector(state))
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry  # first scrape
+
+            self._registry = CollectorRegistry()
+            self._registry.register(cast("Collector", _StateCollector(self._state, self)))
+        return self._registry
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The scrape body in the format `accept` asks for (text or OpenMetrics) and its type."""
+        from prometheus_client.exposition import choose_encoder  # first scrape
+
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type

@@ -1,15 +1,21 @@
-"""Pick the MicroK8s backend named by `microk8s.backend` ("auto" probes what this node offers)."""
+"""Pick the MicroK8s backend named by `microk8s.backend` ("auto" probes what this node offers).
+
+Each backend is imported when it is chosen, so a node pays the resident cost of one backend only
+(the snap backend brings snapd, cluster-agent and Kubernetes API clients; the CLI backend does not).
+"""
 
 from __future__ import annotations
 
 import shutil
+from typing import TYPE_CHECKING
 
 from agent.logs import get_logger
 from agent.microk8s.backends.base import Backend, NoBackend
-from agent.microk8s.backends.cli import CliBackend
-from agent.microk8s.backends.snap import SnapBackend
-from agent.microk8s.snapd import SnapdClient, SnapdError
 from agent.settings import MicroK8sSettings, default_node_name
+
+if TYPE_CHECKING:
+    from agent.microk8s.backends.cli import CliBackend
+    from agent.microk8s.backends.snap import SnapBackend
 
 log = get_logger(__name__)
 
@@ -18,6 +24,8 @@ PROBE_TIMEOUT_S = 3.0
 
 
 def _cli(settings: MicroK8sSettings) -> CliBackend:
+    from agent.microk8s.backends.cli import CliBackend  # only when chosen
+
     return CliBackend(
         settings.cli,
         settings.snap_cli,
@@ -32,6 +40,8 @@ async def probe_snapd(settings: MicroK8sSettings) -> str | None:
     Any snapd answer counts, "not installed" too: the snap backend then reports that, and sees
     MicroK8s as soon as it is installed.
     """
+    from agent.microk8s.snapd import SnapdClient, SnapdError  # auto only
+
     timeout_s = min(PROBE_TIMEOUT_S, settings.status_timeout_s)
     try:
         await SnapdClient(settings.snapd_socket, timeout_s=timeout_s).snap()
@@ -42,6 +52,8 @@ async def probe_snapd(settings: MicroK8sSettings) -> str | None:
 
 
 async def _snap(settings: MicroK8sSettings, node: str) -> SnapBackend:
+    from agent.microk8s.backends.snap import SnapBackend  # only when chosen
+
     backend = SnapBackend(settings, node=node or default_node_name())
     if settings.hold_refresh:
         await backend.hold_refresh()
