@@ -48,7 +48,7 @@ class ClusterAgent:
         self.url = url.rstrip("/")
         self.token_path = credentials_dir / TOKEN_FILE
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._ssl = _unverified_tls()
+        self._ssl: ssl.SSLContext | None = None  # built at the first request, not at start-up
 
     def token(self) -> str | None:
         """The callback token; None when this node has none (never clustered) or it is empty.
@@ -74,6 +74,8 @@ class ClusterAgent:
                 or unreachable (kind "unreachable").
         """
         url = f"{self.url}{CONFIGURE_PATH}"
+        if self._ssl is None:
+            self._ssl = _unverified_tls()
         try:
             async with (
                 aiohttp.ClientSession(timeout=self._timeout) as session,

@@ -4,10 +4,16 @@ The periodic reads (this node, the node list, `/readyz?verbose`) happen every fe
 life of the agent; kubernetes_asyncio would cost ~38 MiB of resident memory for three GETs, so
 it is only ever loaded by the short-lived drain helper (`agent.microk8s.drain`). aiohttp's
 exceptions stop here and become KubeApiError.
+
+One kept-alive HTTP session per kubeconfig, shared by every reader of it (the snap backend's
+facts and the HA loop): a TLS handshake with a client certificate costs more CPU than the reads
+themselves, so it is paid once, not once per GET.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import ssl
 import tempfile
@@ -20,6 +26,8 @@ from agent.errors import BackendError
 from agent.microk8s.kube_model import Kubeconfig, KubeconfigError, parse_kubeconfig
 
 DEFAULT_TIMEOUT_S = 5.0
+KEEPALIVE_S = 60.0
+"""Idle connections are kept this long: longer than the 10-30 s between the periodic reads."""
 
 
 class KubeApiError(BackendError):
@@ -69,20 +77,53 @@ def ssl_context(config: Kubeconfig) -> ssl.SSLContext:
     return context
 
 
-class KubeApi:
-    """GETs against one API server; a short-lived HTTP session per call."""
+class _Pool:
+    """The kept-alive session of one kubeconfig, opened at the first GET."""
 
-    def __init__(self, config: Kubeconfig, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, config: Kubeconfig) -> None:
+        try:
+            self.ssl = ssl_context(config)
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            raise KubeApiError(f"bad kubeconfig certificates: {exc}", kind="kubeconfig") from exc
+        self.headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=4, keepalive_timeout=KEEPALIVE_S)
+            self._session = aiohttp.ClientSession(connector=connector, headers=self.headers)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class KubeApi:
+    """GETs against one API server over a kept-alive session (shared with `with_timeout` views)."""
+
+    def __init__(
+        self,
+        config: Kubeconfig,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        pool: _Pool | None = None,
+    ) -> None:
         """Raises:
         KubeApiError: the kubeconfig's certificates cannot be loaded (kind "kubeconfig").
         """
+        self.config = config
         self.server = config.server
-        try:
-            self._ssl = ssl_context(config)
-        except (ssl.SSLError, ValueError, OSError) as exc:
-            raise KubeApiError(f"bad kubeconfig certificates: {exc}", kind="kubeconfig") from exc
-        self._headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
+        self._pool = pool or _Pool(config)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    def with_timeout(self, timeout_s: float) -> KubeApi:
+        """The same API server and session, with another per-request deadline."""
+        return KubeApi(self.config, timeout_s=timeout_s, pool=self._pool)
+
+    async def close(self) -> None:
+        """Close the kept-alive connections (the views made by `with_timeout` share them)."""
+        await self._pool.close()
 
     async def node(self, name: str) -> dict[str, Any] | None:
         """`GET /api/v1/nodes/{name}`; None when there is no such node."""
@@ -103,10 +144,8 @@ class KubeApi:
     ) -> tuple[int, Any]:
         url = f"{self.server}{path}"
         try:
-            async with (
-                aiohttp.ClientSession(timeout=self._timeout, headers=self._headers) as session,
-                session.get(url, ssl=self._ssl) as response,
-            ):
+            session = self._pool.session()
+            async with session.get(url, ssl=self._pool.ssl, timeout=self._timeout) as response:
                 status = response.status
                 if status >= 400 and status not in allow:
                     reason = (await response.text())[:200]
@@ -126,9 +165,31 @@ def _object(body: Any) -> dict[str, Any]:
     return body
 
 
+_SHARED: dict[Path, tuple[tuple[int, int], KubeApi]] = {}
+"""One client (one kept-alive session) per kubeconfig file, whichever watch asks first."""
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+def _shared_api(path: Path, key: tuple[int, int]) -> KubeApi:
+    """The process-wide client for `path` as it is now (`key`: mtime, size); the one for an
+    older version of the file is closed in the background."""
+    cached = _SHARED.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    api = KubeApi(load_kubeconfig(path))
+    _SHARED[path] = (key, api)
+    if cached is not None:
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing was opened
+            task = asyncio.get_running_loop().create_task(cached[1].close())
+            _CLOSING.add(task)
+            task.add_done_callback(_CLOSING.discard)
+    return api
+
+
 class KubeconfigWatch:
     """The API client for a kubeconfig file, rebuilt when the file changes (a join replaces
-    the CA and the credentials; the content interface may be connected after start)."""
+    the CA and the credentials; the content interface may be connected after start).
+    Watches of the same file share one client and so one kept-alive session."""
 
     def __init__(self, path: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.path = path
@@ -149,5 +210,6 @@ class KubeconfigWatch:
             ) from exc
         key = (stat.st_mtime_ns, stat.st_size)
         if self._cached is None or self._cached[0] != key:
-            self._cached = (key, KubeApi(load_kubeconfig(self.path), timeout_s=self._timeout_s))
+            api = _shared_api(self.path, key).with_timeout(self._timeout_s)
+            self._cached = (key, api)
         return self._cached[1]
