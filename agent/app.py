@@ -19,14 +19,12 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.commands import dispatch
 from agent.commands.executor import Executor
 from agent.errors import ConfigError
-from agent.ha.monitor import HaMonitor, kube_sources
-from agent.health import endpoint
 from agent.health.metrics import Metrics
 from agent.health.monitor import HealthMonitor
 from agent.health.state import AgentState, LinkView
@@ -37,6 +35,9 @@ from agent.microk8s.backends import select
 from agent.microk8s.backends.base import Backend
 from agent.platform import systemd_notify
 from agent.settings import Settings
+
+if TYPE_CHECKING:
+    from agent.ha.monitor import HaMonitor
 
 log = get_logger(__name__)
 
@@ -76,6 +77,7 @@ class Agent:
         self.restart_reason: str | None = None
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self.dispatcher: dispatch.Dispatcher | None = None
+        self.ha_monitor: HaMonitor | None = None
         self.state.link = self._link_view
         self.state.tasks_alive = self._dead_tasks
         self._deadline: asyncio.TimerHandle | None = None
@@ -119,6 +121,8 @@ class Agent:
         if monitor.detectors is not None:
             roots["health-detectors"] = monitor.run_detectors
         if self.settings.http.enabled:
+            from agent.health import endpoint  # aiohttp.web: only with the endpoint on
+
             roots["http-endpoint"] = lambda: endpoint.serve(self.settings, self.state, self.metrics)
         self.dispatcher = dispatch.build(
             self.settings,
@@ -160,7 +164,12 @@ class Agent:
     def _ha_monitor(
         self, backend: Backend, monitor: HealthMonitor, executor: Executor
     ) -> HaMonitor:
-        """The HA loop, wired to the executor: its quorum gates, and maintenance during refresh."""
+        """The HA loop, wired to the executor: its quorum gates, and maintenance during refresh.
+
+        Imported here: a node with `ha.enabled = false` never loads the HA modules.
+        """
+        from agent.ha.monitor import HaMonitor, kube_sources
+
         node_names, readyz = kube_sources(self.settings)
         ha_monitor = HaMonitor(
             self.settings,
@@ -177,10 +186,13 @@ class Agent:
             args.host, worker=args.worker, force=args.force
         )
         executor.on_maintenance = self._set_maintenance
+        self.ha_monitor = ha_monitor
         return ha_monitor
 
     def _set_maintenance(self, reason: str | None) -> None:
         self.state.maintenance = reason
+        if self.ha_monitor is not None:
+            self.ha_monitor.wake()
 
     async def _notify(self, notifier: systemd_notify.Notifier) -> None:
         """systemd's READY/STATUS/WATCHDOG/STOPPING (Type=notify units; not in the snap)."""

@@ -42,8 +42,9 @@ HEARTBEAT_INTERVALS = 6
 """Publish at least every this many intervals even when nothing changed."""
 REPORT_WINDOW_HEARTBEATS = 3
 """A peer's report counts for this many of its heartbeats (it may be quiet that long)."""
-POLL_S = 1.0
-"""How often the wait between rounds looks at `AgentState.maintenance`."""
+RECOMPUTE_S = 10.0
+"""Between rounds the verdict is re-derived on every event (a peer's report, a maintenance
+change, an auto-remove step) and at least this often, so that peers' reports age out."""
 EVENTS_KEPT = 10
 
 NodeNames = Callable[[], Awaitable[list[reconcile.KubeNode]]]
@@ -119,6 +120,10 @@ class HaMonitor:
         # A new session always gets the verdict (the broker may have lost the retained copy).
         self._wake.set()
 
+    def wake(self) -> None:
+        """Re-derive the verdict now (maintenance began or ended)."""
+        self._wake.set()
+
     def _on_peer_ha(self, inbound: Inbound) -> None:
         node = self._topics.node_of(inbound.topic)
         if node is not None:
@@ -160,12 +165,12 @@ class HaMonitor:
                 self._removal.cancel()
 
     async def _wait_until(self, deadline: float) -> None:
-        """Between rounds: refresh the verdict when a peer reports or maintenance changes."""
+        """Between rounds: refresh the verdict on events and every RECOMPUTE_S."""
         while (remaining := deadline - time.monotonic()) > 0:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
             # that races with the wake-up, leaving this task alive after its group (issue 11).
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(remaining, POLL_S)):
+                async with asyncio.timeout(min(remaining, RECOMPUTE_S)):
                     await self._wake.wait()
             # Cleared before concluding, so a report that arrives meanwhile wakes us again.
             self._wake.clear()
