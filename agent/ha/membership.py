@@ -15,9 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agent.errors import AgentError
+from agent.microk8s import yamldoc
 
 ROLES = {0: "voter", 1: "standby", 2: "spare"}
 """go-dqlite NodeRole numbers (internal/protocol/constants.go)."""
@@ -133,8 +132,8 @@ def parse_record(record: Any) -> Member:
 
 def _load_yaml(text: str, what: str) -> Any:
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        return yamldoc.safe_load(text)
+    except yamldoc.YAMLError as exc:
         raise MembershipError(f"{what} is not valid YAML: {str(exc).splitlines()[0]}") from exc
 
 

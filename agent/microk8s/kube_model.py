@@ -15,9 +15,8 @@ import enum
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import yaml
-
 from agent.errors import AgentError
+from agent.microk8s import yamldoc
 
 WORKER_LABEL = "node.kubernetes.io/microk8s-worker"
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
@@ -92,8 +91,8 @@ def parse_kubeconfig(text: str) -> Kubeconfig:
         KubeconfigError: not YAML, no server, or no credentials the agent can use.
     """
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        doc = yamldoc.safe_load(text)
+    except yamldoc.YAMLError as exc:
         raise KubeconfigError(f"not valid YAML: {exc}") from exc
     if not isinstance(doc, Mapping):
         raise KubeconfigError("not a kubeconfig (expected a mapping)")

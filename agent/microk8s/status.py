@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypedDict
 
-import yaml
+from agent.microk8s import yamldoc
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -152,8 +152,8 @@ def _as_bool(value: object) -> bool | None:
 def _load_yaml(text: str) -> Mapping[str, Any]:
     """PyYAML first; MicroK8s does not quote descriptions, so a ": " in one breaks it."""
     try:
-        doc = yaml.safe_load(text)
-    except (yaml.YAMLError, ValueError, RecursionError):
+        doc = yamldoc.safe_load(text)
+    except (yamldoc.YAMLError, ValueError, RecursionError):
         doc = None
     if isinstance(doc, dict) and isinstance(doc.get("microk8s"), dict):
         return doc
