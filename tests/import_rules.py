@@ -49,6 +49,7 @@ PURE_MODULES = (
     "agent.microk8s.snapd_model",
     "agent.microk8s.request_bodies",
     "agent.microk8s.redact",
+    "agent.microk8s.yamldoc",
     "agent.link.presence",
     "agent.link.topics",
     "agent.config_rules",
@@ -87,6 +88,7 @@ ADAPTERS: dict[str, tuple[str, ...]] = {
         "agent.microk8s.kube_model",
         "agent.microk8s.request_bodies",
         "agent.microk8s.status",
+        "agent.microk8s.yamldoc",
     ),
     # Logging is cross-cutting: every module may take a structlog logger.
     "structlog": ("agent.*",),
