@@ -250,9 +250,7 @@ def test_keys_written_by_openssl_load(tmp_path: Path) -> None:
 
 def test_pkcs8_v2_with_public_key_loads(tmp_path: Path) -> None:
     seed = bytes(range(32))
-    from nacl.signing import SigningKey
-
-    raw_public = bytes(SigningKey(seed).verify_key)
+    raw_public = Signer("v2", seed).public_key
     der = signing.PKCS8_V2_PREFIX + seed + signing.PKCS8_V2_PUBLIC + raw_public
     pem = (
         b"-----BEGIN PRIVATE KEY-----\n" + base64.b64encode(der) + b"\n-----END PRIVATE KEY-----\n"

@@ -12,8 +12,8 @@ Key files are PEM as OpenSSL and `cryptography` write them: the public key as Su
 (`BEGIN PUBLIC KEY`), the private key as unencrypted PKCS#8 (`BEGIN PRIVATE KEY`, v1, or v2 with
 the public key attached). For Ed25519 both are a fixed DER prefix and 32 raw bytes (RFC 8410), so
 they are read and written here without an ASN.1 library; keys made before PyNaCl replaced
-`cryptography` (0.1.0) load unchanged. PyNaCl is imported when a key is first used: a node
-without trusted keys never loads libsodium.
+`cryptography` (0.1.0) load unchanged. Only PyNaCl's thin `nacl.bindings` layer is used, and
+only from the first signature checked or made: a node without keys never loads libsodium.
 """
 
 from __future__ import annotations
@@ -23,14 +23,12 @@ import binascii
 import json
 import os
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.errors import AgentError
-
-if TYPE_CHECKING:
-    from nacl.signing import SigningKey, VerifyKey
 
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 SIGNATURE_BYTES = 64
@@ -116,19 +114,18 @@ def _read(path: Path) -> bytes:
         raise SigningError([f"{path}: cannot read ({exc.strerror or exc})"]) from exc
 
 
-def _read_public_key(path: Path) -> VerifyKey:
+def _read_public_key(path: Path) -> bytes:
     raw = public_key_bytes(_read(path))
     if raw is None:
         raise SigningError([f"{path}: not a PEM public key (Ed25519 SubjectPublicKeyInfo)"])
-    from nacl.signing import VerifyKey  # libsodium only once a key is trusted
-
-    return VerifyKey(raw)
+    return raw
 
 
 class Verifier:
     """Checks signatures against the trusted operator keys of this node."""
 
-    def __init__(self, keys: Mapping[str, VerifyKey]) -> None:
+    def __init__(self, keys: Mapping[str, bytes]) -> None:
+        """`keys`: key id → raw 32-byte Ed25519 public key."""
         self._keys = dict(keys)
 
     @classmethod
@@ -138,7 +135,7 @@ class Verifier:
         Raises:
             SigningError: naming every unreadable, malformed or duplicate key at once.
         """
-        keys: dict[str, VerifyKey] = {}
+        keys: dict[str, bytes] = {}
         problems: list[str] = []
         for name in paths:
             path = Path(name)
@@ -177,10 +174,13 @@ class Verifier:
             return "sig is not valid base64"
         if len(raw) != SIGNATURE_BYTES:
             return f"sig must be {SIGNATURE_BYTES} bytes (Ed25519), got {len(raw)}"
-        from nacl.exceptions import BadSignatureError  # loaded with the key
+        # nacl.bindings alone (not nacl.signing and its Curve25519 classes): libsodium is
+        # loaded at the first signature checked, never on a node that only reads statuses.
+        from nacl.bindings import crypto_sign_open
+        from nacl.exceptions import BadSignatureError
 
         try:
-            key.verify(signed_bytes(body), raw)
+            crypto_sign_open(raw + signed_bytes(body), key)
         except BadSignatureError:
             return f"bad signature: the command was altered after signing or not signed by {key_id}"
         return None
@@ -208,9 +208,12 @@ class Verifier:
 class Signer:
     """An operator's private key, used by `edge-agent send`."""
 
-    def __init__(self, key_id: str, key: SigningKey) -> None:
+    def __init__(self, key_id: str, seed: bytes) -> None:
+        """`seed`: the 32-byte Ed25519 private key (RFC 8032's secret, PKCS#8's content)."""
+        from nacl.bindings import crypto_sign_seed_keypair
+
         self.key_id = key_id
-        self._key = key
+        self.public_key, self._secret = crypto_sign_seed_keypair(seed)
 
     @classmethod
     def from_file(cls, path: Path) -> Signer:
@@ -222,15 +225,15 @@ class Signer:
         seed = private_key_seed(_read(path))
         if seed is None:
             raise SigningError([f"{path}: not an unencrypted PEM private key (Ed25519 PKCS#8)"])
-        from nacl.signing import SigningKey  # operator side only
-
-        return cls(path.stem, SigningKey(seed))
+        return cls(path.stem, seed)
 
     def sign(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """The envelope with `key_id` set and `sig` over everything else."""
         unsigned = {k: v for k, v in body.items() if k != "sig"}
         unsigned["key_id"] = self.key_id
-        signature = self._key.sign(signed_bytes(unsigned)).signature
+        from nacl.bindings import crypto_sign
+
+        signature = crypto_sign(signed_bytes(unsigned), self._secret)[:SIGNATURE_BYTES]
         return {**unsigned, "sig": base64.b64encode(signature).decode("ascii")}
 
 
@@ -246,11 +249,9 @@ def generate(name: str, directory: Path) -> tuple[Path, Path]:
     for path in (private_path, public_path):
         if path.exists():
             raise SigningError([f"{path}: already exists; not overwriting a key"])
-    from nacl.signing import SigningKey  # operator side only
-
-    key = SigningKey.generate()
-    private_pem = _pem("PRIVATE KEY", PKCS8_V1_PREFIX + bytes(key))
-    public = public_pem(bytes(key.verify_key))
+    seed = secrets.token_bytes(KEY_BYTES)
+    private_pem = _pem("PRIVATE KEY", PKCS8_V1_PREFIX + seed)
+    public = public_pem(Signer(name, seed).public_key)
     try:
         _write_new(private_path, private_pem, 0o600)
         _write_new(public_path, public, 0o644)

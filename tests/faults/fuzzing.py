@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hypothesis import strategies as st
-from nacl.signing import SigningKey
 
 from agent.commands import signing, verbs, wire
 from agent.commands.executor import Executor
@@ -35,9 +34,8 @@ MAX_AGE_S, SKEW_S = 300, 60
 LIMITS = Limits(node=NODE, max_age_s=MAX_AGE_S, clock_skew_s=SKEW_S)
 MK, SNAP = "/snap/bin/microk8s", "/usr/bin/snap"
 # A fixed key: every example, and so every signature, is reproducible.
-KEY = SigningKey(bytes(range(32)))
-SIGNER = signing.Signer("ops-1", KEY)
-VERIFIER = signing.Verifier({"ops-1": KEY.verify_key})
+SIGNER = signing.Signer("ops-1", bytes(range(32)))
+VERIFIER = signing.Verifier({"ops-1": SIGNER.public_key})
 
 # --- the oracle: docs/protocol.md, "Verbs" table ------------------------------------------
 ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a topic level on every broker

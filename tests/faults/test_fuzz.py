@@ -218,7 +218,7 @@ def wire_corpus(now: int) -> list[Case]:
 def wire_config(tmp_path: Path, broker: Broker) -> Path:
     public = tmp_path / "keys" / "ops-1.pub"
     public.parent.mkdir()
-    public.write_bytes(signing.public_pem(bytes(fuzzing.KEY.verify_key)))
+    public.write_bytes(signing.public_pem(fuzzing.SIGNER.public_key))
     return agent_config(
         tmp_path,
         broker,
