@@ -121,8 +121,10 @@ class HealthMonitor:
         while True:
             await self.sample_and_publish()
             if not frozen:
-                # Start-up is over (modules imported, tasks built): move what exists now out of
-                # the cyclic collector's sight, so its full passes no longer walk it.
+                # Start-up is over (modules imported, tasks built): collect its garbage, then
+                # move what lives on out of the cyclic collector's sight, so that its full
+                # passes no longer walk it.
+                gc.collect()
                 gc.freeze()
                 frozen = True
             next_tick = max(next_tick + interval, time.monotonic())
