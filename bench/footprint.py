@@ -136,6 +136,19 @@ def _write(workdir: Path, values: dict[str, Any]) -> Path:
     return path
 
 
+def memory_split(pid: int) -> dict[str, float]:
+    """PSS by kind (anonymous = heap and stacks, file = code and libraries) and the thread count."""
+    split: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key = line.split(":", 1)[0]
+        if key in ("Pss_Anon", "Pss_File"):
+            split[key.lower() + "_mib"] = int(line.split()[1]) / 1024
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            split["threads"] = float(line.split()[1])
+    return split
+
+
 def family(module: str) -> str:
     top = module.split(".", 1)[0]
     if top in sys.stdlib_module_names or top in ("__main__", "_distutils_hack"):
@@ -257,6 +270,7 @@ def _tick(run: Run, now: float, floor_pid: int, floor: list[float]) -> None:
 
 def _finish(run: Run, cpu_s: float, window_s: float) -> None:
     assert run.first_at is not None
+    split = memory_split(run.pid)
     modules = run.modules()
     families: dict[str, int] = {}
     for name in modules:
@@ -274,6 +288,7 @@ def _finish(run: Run, cpu_s: float, window_s: float) -> None:
         "modules": len(modules),
         "families": dict(sorted(families.items(), key=lambda item: -item[1])),
         "kubernetes_asyncio": "kubernetes_asyncio" in families,
+        **split,
     }
 
 
@@ -355,6 +370,8 @@ def report(result: dict[str, Any], interval: float, window: float) -> None:
         pss, rss = fig["pss_mib"], fig["rss_mib"]
         print(f"    steady PSS / over floor         : {pss:.1f} / +{pss - floor_pss:.1f} MiB")
         print(f"    steady RSS / over floor         : {rss:.1f} / +{rss - floor_rss:.1f} MiB")
+        anon, file, threads = fig["pss_anon_mib"], fig["pss_file_mib"], fig["threads"]
+        print(f"    PSS anon / file at the end      : {anon:.1f} / {file:.1f} MiB, {threads:g} thr")
         print(f"    CPU with children, one core     : {fig['cpu_percent_one_core']:.3f} %")
         print(f"    CPU per health message          : {fig['cpu_ms_per_message']:.2f} ms")
         print(f"    bytes per health message        : {fig['bytes_per_message']:.0f} B")

@@ -10,6 +10,7 @@ command the profile runs before it is measured.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import shutil
@@ -19,6 +20,8 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import aiomqtt
 
 from agent.commands import signing
 from agent.settings import HaSettings, MicroK8sSettings
@@ -123,7 +126,7 @@ async def pi_world(
             yield {
                 "node": {"name": NODE, "cluster": CLUSTER},
                 "mqtt": {"port": broker_port},
-                "health": {"sysfs_root": str(workdir / "sysfs")},
+                "health": {"interval_s": 10.0, "sysfs_root": str(workdir / "sysfs")},
                 "http": {"port": http_port},
                 "commands": {"trusted_keys": [str(public)]},
                 "microk8s": {**microk8s, "backend_dir": str(backend_dir)},
@@ -140,3 +143,17 @@ def signed_status(workdir: Path) -> tuple[str, bytes, str]:
     envelope = {"v": 1, "id": f"bench-{now}", "verb": "status", "target": NODE, "args": {}}
     body = signer.sign({**envelope, "issued_at": now})
     return f"{ROOT}/cmd", json.dumps(body).encode(), f"{ROOT}/cmd/{body['id']}"
+
+
+TERMINAL = frozenset({"succeeded", "failed", "rejected", "timed_out"})
+
+
+async def terminal_status(client: aiomqtt.Client, topic: str, timeout_s: float) -> str:
+    """Wait (on a client already subscribed to `topic`) for a command's terminal status."""
+    async with asyncio.timeout(timeout_s):
+        async for message in client.messages:
+            if message.topic.matches(topic) and isinstance(message.payload, bytes):
+                status = str(json.loads(message.payload).get("status"))
+                if status in TERMINAL:
+                    return status
+    return "no answer"

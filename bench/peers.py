@@ -1,13 +1,17 @@
 """Side-by-side footprint (a benchmark, not a test): the agent next to the monitors people run.
 
 In ONE run, so all see the same machine conditions, and for the same window after a warm-up:
-the agent as is, the agent with kubernetes_asyncio imported into its process, collectd with its
-MQTT plugin, glances exporting to MQTT and prometheus-node-exporter scraped by this script — all
-at a 10 s interval, all on loopback against a private mosquitto on a free port. Prints a Markdown
+the agent in its minimal form, the agent as a MicroK8s HA node runs it (the `pi` profile of
+bench/footprint.py: snap backend on the fakes, HA on against a live three-voter dqlite, a trusted
+key and one signed command), the agent with kubernetes_asyncio imported into its process,
+collectd with its MQTT plugin, glances exporting to MQTT, prometheus-node-exporter scraped by this
+script, and the floor (a bare interpreter of the same venv, sleeping) — all at a 10 s interval,
+all on loopback against a private mosquitto on a free port. Prints a Markdown
 table (RSS, PSS, CPU % of one core, bytes per sample, the agent's ratios to each peer);
 `--write docs/performance.md` replaces its own section there. The window starts 10 s after every
 process has produced its first sample. Missing peers are installed (apt for collectd and
-node-exporter, pip into a private venv for glances); a failed install marks the row.
+node-exporter unless `--no-apt`, pip into a private venv for glances); a failed or skipped install
+marks the row.
 
     .venv/bin/python -m bench.peers [--window 120 | --quick] [--write docs/performance.md]
 """
@@ -26,9 +30,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import aiomqtt
 
 from agent import __version__ as agent_version
 from agent import config as agent_config
+from bench import footprint_pi
 from bench import peers_report as report
 from bench import peers_setup as setup
 from bench.footprint import REPO, WARMUP_S, free_port, start_broker, write_config
@@ -38,7 +46,9 @@ INTERVAL_S = 10.0
 SAMPLE_EVERY_S = 5.0
 FIRST_SAMPLE_TIMEOUT_S = 60.0
 AGENT = "agent"
+AGENT_PI = "agent, pi profile"
 AGENT_KUBE = "agent + kubernetes_asyncio"
+FLOOR = "floor (bare python of the venv)"
 NODE_EXPORTER = "prometheus-node-exporter (scraped /10 s)"
 KUBE_BOOT = (
     "import runpy, sys, kubernetes_asyncio.client; sys.argv = ['agent', 'run', *sys.argv[1:]]; "
@@ -51,6 +61,8 @@ def agent_peer(workdir: Path, port: int, node: str, kube: bool) -> setup.Peer:
     home = workdir / node
     home.mkdir()
     config = write_config(home, port, INTERVAL_S)
+    if kube:  # its RSS is over the default memory budget by design: keep it from restarting
+        config.write_text(config.read_text() + "\n[agent]\nmax_rss_mib = 0\n")
     env = {**os.environ, "EDGE_AGENT_NODE_NAME": node, "EDGE_AGENT_NODE_CLUSTER": node}
     settings = agent_config.load(config, env)
     peer = setup.Peer(AGENT_KUBE if kube else AGENT, env=env, version=f"agent {agent_version}")
@@ -69,14 +81,36 @@ def _kube_version() -> str:
     return f"kubernetes_asyncio {done.stdout.strip() or 'unknown'}"
 
 
-def prepare(workdir: Path, port: int, cache: Path, http_port: int) -> list[setup.Peer]:
-    installer = setup.Installer()
+def pi_peer(home: Path, values: dict[str, Any]) -> setup.Peer:
+    """The agent of bench/footprint_pi.py's world (started by the caller), health every 10 s."""
+    config = home / "agent.toml"
+    config.write_text(agent_config.to_toml(values))
+    peer = setup.Peer(AGENT_PI, version=f"agent {agent_version}")
+    peer.argv = [sys.executable, "-m", "agent", "run", "--config", str(config)]
+    peer.topic_prefix = footprint_pi.ROOT + "/"
+    peer.command = footprint_pi.signed_status(home)
+    return peer
+
+
+def floor_peer() -> setup.Peer:
+    """What every Python process pays before its first import (killed with the others)."""
+    peer = setup.Peer(FLOOR, version=f"python {sys.version.split()[0]}", silent=True)
+    peer.argv = [sys.executable, "-c", "import time; time.sleep(3600)"]
+    return peer
+
+
+def prepare(
+    workdir: Path, port: int, cache: Path, http_port: int, pi: setup.Peer, *, apt: bool = True
+) -> list[setup.Peer]:
+    installer = setup.Installer(apt_allowed=apt)
     peers = [
         agent_peer(workdir, port, "bench", kube=False),
+        pi,
         agent_peer(workdir, port, "bench-kube", kube=True),
         setup.collectd(installer, workdir, port),
         setup.glances(cache, workdir, port),
         setup.node_exporter(installer, http_port),
+        floor_peer(),
     ]
     for peer in peers:
         if peer.missing:
@@ -182,6 +216,19 @@ def add_traffic(figures: report.Figures, seen: list[Seen], t0: float, t1: float)
     figures.units_per_sample = len(mine) / samples
 
 
+async def send_commands(peers: list[setup.Peer], port: int) -> None:
+    """Each peer's one signed command, before the window; waits for its terminal status."""
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        for peer in peers:
+            if peer.command is None:
+                continue
+            topic, payload, status_topic = peer.command
+            await client.subscribe(status_topic, qos=1)
+            await client.publish(topic, payload, qos=1)
+            status = await footprint_pi.terminal_status(client, status_topic, 30)
+            print(f"peers: {peer.name}: signed command {status}", flush=True)
+
+
 async def run_all(
     peers: list[setup.Peer], port: int, http_port: int, workdir: Path, window: float
 ) -> dict[str, report.Figures]:
@@ -197,7 +244,9 @@ async def run_all(
         if NODE_EXPORTER in processes:
             url = f"http://127.0.0.1:{http_port}/metrics"
             tasks.append(asyncio.create_task(scrape(url, NODE_EXPORTER, INTERVAL_S, seen)))
-        await first_samples(list(processes), seen, FIRST_SAMPLE_TIMEOUT_S)
+        talking = [peer.name for peer in peers if peer.name in processes and not peer.silent]
+        await first_samples(talking, seen, FIRST_SAMPLE_TIMEOUT_S)
+        await send_commands(peers, port)
         await asyncio.sleep(WARMUP_S)
         figures, t0, _ = await observe(processes, window)
     finally:
@@ -224,6 +273,7 @@ def render(peers: list[setup.Peer], figures: dict[str, report.Figures], args) ->
     return (
         "## Side-by-side footprint\n\n"
         f"Command: `.venv/bin/python -m bench.peers --window {args.window:g}"
+        f"{' --no-apt' if args.no_apt else ''}"
         f"{' --write ' + args.write if args.write else ''}`; window {args.window:g} s starting "
         f"{WARMUP_S:g} s after every process produced its first sample; every process at a "
         f"{INTERVAL_S:g} s interval, all at once.\n\n"
@@ -231,10 +281,23 @@ def render(peers: list[setup.Peer], figures: dict[str, report.Figures], args) ->
         + "\n"
         + report.table(rows, by_name.get(AGENT), AGENT)
         + "\n"
-        + report.ratio_table(rows, by_name[AGENT_KUBE])
+        + report.ratio_table(rows, by_name[AGENT_PI])
         + "\n"
+        + over_floor(rows, by_name.get(FLOOR))
         + NOTES
     )
+
+
+def over_floor(rows: list[report.Figures], floor: report.Figures | None) -> str:
+    """PSS and RSS of each Python row above the bare interpreter measured beside it."""
+    if floor is None or floor.missing:
+        return ""
+    lines = [f"Over the floor (PSS {floor.pss_mib:.1f} MiB, RSS {floor.rss_mib:.1f} MiB):\n\n"]
+    for row in rows:
+        if row.name.startswith("agent") and not row.missing:
+            pss, rss = row.pss_mib - floor.pss_mib, row.rss_mib - floor.rss_mib
+            lines.append(f"- {row.name}: PSS +{pss:.1f} MiB, RSS +{rss:.1f} MiB\n")
+    return "".join(lines) + "\n"
 
 
 NOTES = """\
@@ -248,9 +311,27 @@ NOTES = """\
   properties; no TCP/IP, no acks); for node-exporter the gzip body Prometheus would fetch.
 - msgs/sample: MQTT messages per cycle (collectd and glances publish one per metric), or scrapes.
 - The ratio columns are `agent ÷ row`; below 1 means the agent uses less.
+- agent, pi profile: what a MicroK8s HA node runs (bench/footprint_pi.py): snap backend on the
+  snapd/cluster-agent/Kubernetes API fakes (which run in the bench process, not counted), HA on
+  against three live `dqlite-demo` voters on 127.0.0.11-13, a trusted key and one signed
+  `status` command before the window, HTTP on; its bytes include its `ha` verdicts.
+- floor: `python -c 'import time; time.sleep(...)'` from the same venv; CPU figures on a shared
+  machine are upper bounds, which is why every row is measured in the same run.
 - glances runs with its built-in plugin defaults (its config file holds only the `[mqtt]`
   section, `topic_structure=per-metric`); collectd loads cpu, memory, load, df, interface.
 """
+
+
+async def measure_all(
+    workdir: Path, port: int, cache: Path, http_port: int, args: argparse.Namespace
+) -> tuple[list[setup.Peer], dict[str, report.Figures]]:
+    """The pi profile's world (dqlite, fakes) lives in this event loop while all are measured."""
+    home = workdir / "pi"
+    home.mkdir()
+    async with footprint_pi.pi_world(home, port, free_port()) as values:
+        pi = pi_peer(home, values)
+        peers = prepare(workdir, port, cache, http_port, pi, apt=not args.no_apt)
+        return peers, await run_all(peers, port, http_port, workdir, args.window)
 
 
 def main() -> None:
@@ -259,6 +340,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a 30 s window, for trying it")
     parser.add_argument("--write", metavar="PATH", help="replace the section in this Markdown file")
     parser.add_argument("--cache", default="/tmp/edge-bench-peers", help="for the glances venv")
+    parser.add_argument(
+        "--no-apt", action="store_true", help="never apt-get install a missing peer (shared hosts)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.window = 30.0
@@ -266,10 +350,9 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edge-bench-peers-") as tmp:
         workdir, port, http_port = Path(tmp), free_port(), free_port()
-        peers = prepare(workdir, port, cache, http_port)
         broker = start_broker(workdir, port)
         try:
-            figures = asyncio.run(run_all(peers, port, http_port, workdir, args.window))
+            peers, figures = asyncio.run(measure_all(workdir, port, cache, http_port, args))
         finally:
             broker.terminate()
             broker.wait(5)

@@ -30,15 +30,20 @@ class Peer:
     version: str = ""
     missing: str = ""  # non-empty: the reason this peer is not available
     topic_prefix: str = ""  # MQTT topics of this peer start with this
+    command: tuple[str, bytes, str] | None = None  # (topic, payload, status topic) sent once
+    silent: bool = False  # publishes nothing (the floor): no first sample to wait for
 
 
 class Installer:
     """apt-get update at most once per run, then installs; failures become reasons, not raises."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, apt_allowed: bool = True) -> None:
         self.updated = False
+        self.apt_allowed = apt_allowed
 
     def apt(self, packages: list[str]) -> str:
+        if not self.apt_allowed:
+            return f"not installed ({' '.join(packages)}) and --no-apt given"
         if shutil.which("apt-get") is None:
             return "apt-get not found"
         if not self.updated:
