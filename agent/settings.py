@@ -140,8 +140,12 @@ class LogSettings:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AgentSettings:
-    # 0 disables the memory budget.
-    max_rss_mib: float = 0.0
+    # The memory budget (RSS, MiB); 0 disables it. The default is the pi profile's steady RSS
+    # (46 MiB, bench/footprint.py, docs/performance.md) with 1.75x headroom, rounded up to 8 MiB:
+    # room for Python 3.12 on aarch64, many HA members and a full outbox, while an agent that
+    # grew by a resident Kubernetes client (+36 MiB) is caught. systemd/edge-agent.service's
+    # MemoryMax is derived from it.
+    max_rss_mib: float = 80.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

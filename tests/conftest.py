@@ -137,6 +137,8 @@ def agent_config(
         "ha": {"enabled": False},
         "state": {"dir": str(tmp_path / "state")},
         "log": {"format": "json", "level": "debug"},
+        # In-process agents would budget pytest's own RSS; tests/test_budget.py sets one.
+        "agent": {"max_rss_mib": 0},
     }
     for name, overrides in sections.items():
         values.setdefault(name, {}).update(overrides)

@@ -266,6 +266,23 @@ def test_every_snap_plug_is_documented_and_none_unused() -> None:
     assert "log-observe" not in plugs
 
 
+DRAIN_HELPER_PEAK_MIB = 75  # bench/upgrade_memory.py, docs/performance.md
+CLI_CHILDREN_MIB = 96  # microk8s status/kubectl of the CLI backend, and page cache
+
+
+def test_unit_memory_max_follows_the_agents_budget() -> None:
+    from agent.settings import AgentSettings
+
+    text = UNIT.read_text()
+    high = re.search(r"^MemoryHigh=(\d+)M$", text, re.M)
+    hard = re.search(r"^MemoryMax=(\d+)M$", text, re.M)
+    assert high and hard, "the unit must bound its memory (MemoryHigh/MemoryMax=...M)"
+    budget = AgentSettings().max_rss_mib
+    assert budget > 0, "the memory budget is on by default"
+    assert int(high[1]) >= budget + DRAIN_HELPER_PEAK_MIB  # no throttling during an upgrade
+    assert int(hard[1]) >= budget + DRAIN_HELPER_PEAK_MIB + CLI_CHILDREN_MIB
+
+
 def test_unit_verifies_silently(tmp_path: Path) -> None:
     result = run([tool("systemd-analyze"), "verify", str(unit_for_this_machine(tmp_path))])
     assert result.returncode == 0
