@@ -120,6 +120,28 @@ async def test_facts_per_scenario(
     ]
 
 
+async def test_version_and_channel_are_asked_again_only_when_the_revision_moves(
+    calls: Calls, tmp_path: Path, progress: Progress
+) -> None:
+    current = tmp_path / "current"
+    current.symlink_to("7964")
+    mk = CliBackend(MICROK8S, SNAP, timeout_s=20, status_timeout_s=10, snap_current=current)
+    status = ["microk8s", "status", "--format", "yaml"]
+    everything = sorted([status, ["microk8s", "version"], ["snap", "list", "microk8s"]])
+    first = await mk.facts()
+    assert sorted(calls()) == everything
+    second = await mk.facts()  # same revision: only `microk8s status` runs
+    assert calls()[3:] == [status]
+    assert second == first
+    current.unlink()
+    current.symlink_to("7990")  # refreshed behind our back
+    await mk.facts()
+    assert sorted(calls()[4:]) == everything
+    await mk.addon("dns", "enable", [], progress=progress)  # a command may change them too
+    await mk.facts()
+    assert sorted(calls()[8:]) == everything
+
+
 async def test_facts_classic_channel(calls: Calls, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_SNAP_CHANNEL", "1.32/stable")
     facts = await backend().facts()

@@ -13,7 +13,9 @@ import dataclasses
 import re
 import shlex
 import shutil
+import time
 from collections.abc import Awaitable, Iterable, Sequence
+from pathlib import Path
 from typing import Protocol, TypeAlias
 
 from agent.errors import BackendError, CommandTimedOut, ProcessError
@@ -119,6 +121,20 @@ class Argv:
         return [self.microk8s, "remove-node", name, "--force"]
 
 
+SNAP_CURRENT = Path("/snap/microk8s/current")
+"""snapd's link to the installed revision: it moves on every refresh, revert or install."""
+STATIC_FACTS_MAX_AGE_S = 600.0
+"""`microk8s version` and `snap list` are asked again at least this often, else only when the
+revision link moves or a command ran: they change with a refresh, not between two."""
+
+
+def _link_target(path: Path) -> str | None:
+    try:
+        return str(path.readlink())
+    except OSError:
+        return None
+
+
 async def probe_cli(path: str) -> bool:
     """True when `path` (a name looked up on PATH, or a path) is an executable file."""
     return shutil.which(path) is not None
@@ -138,6 +154,7 @@ class CliBackend:
         status_timeout_s: float,
         drain_timeout_s: float | None = None,
         run: Runner = process.run,
+        snap_current: Path = SNAP_CURRENT,
     ) -> None:
         """Args:
         microk8s: the microk8s executable (name on PATH or path).
@@ -147,22 +164,38 @@ class CliBackend:
         drain_timeout_s: kubectl drain's own timeout; default (and at most) timeout_s minus
             KUBECTL_MARGIN_S.
         run: executes each argv (tests inject a recorder to see the exact plan).
+        snap_current: the revision link that says when version and channel must be re-read.
         """
         self.argv = Argv(microk8s, snap)
         self._run = run
         self._timeout_s = timeout_s
         self._status_timeout_s = status_timeout_s
         self._drain_timeout_s = drain_timeout_s
+        self._snap_current = snap_current
+        # (revision link target, when, `microk8s version`, `snap list`) of the last good reading.
+        self._static: tuple[str | None, float, _Result, _Result] | None = None
 
     # --- queries --------------------------------------------------------------------------
 
     async def facts(self) -> MicroK8sFacts:
-        """Status, version and snap channel, asked concurrently; never raises."""
+        """Status, version and snap channel; never raises.
+
+        Each `microk8s ...` runs kubectl or a Python script: version and channel are only asked
+        again when the revision link moved, a command ran, or STATIC_FACTS_MAX_AGE_S passed.
+        """
+        revision, now, cached = _link_target(self._snap_current), time.monotonic(), self._static
+        fresh = cached is not None and cached[0] == revision and revision is not None
+        if fresh and cached is not None and now - cached[1] < STATIC_FACTS_MAX_AGE_S:
+            status = await self._query(self.argv.status())
+            return _combine(_status_facts(status), cached[2], cached[3])
         status, version, snap_list = await asyncio.gather(
             self._query(self.argv.status()),
             self._query(self.argv.version()),
             self._query(self.argv.snap_list()),
         )
+        answers = (version, snap_list)
+        good = all(isinstance(r, process.Completed) and r.exit_code == 0 for r in answers)
+        self._static = (revision, now, version, snap_list) if good else None
         return _combine(_status_facts(status), version, snap_list)
 
     async def version(self) -> tuple[str | None, str | None]:
@@ -241,6 +274,7 @@ class CliBackend:
     ) -> Outcome:
         """Run a mutating command and turn whatever happens into an Outcome with masked output."""
         hidden = tuple(secrets)
+        self._static = None  # a refresh (or a join) may change what version and channel say
 
         def mask(text: str) -> str:
             return mask_join_urls(mask_secrets(text, hidden))
