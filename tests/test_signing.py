@@ -276,13 +276,3 @@ def test_other_private_keys_are_refused(tmp_path: Path, label: str, der: bytes) 
     with pytest.raises(SigningError, match="not an unencrypted PEM private key"):
         Signer.from_file(path)
 
-
-def test_a_node_without_keys_never_loads_libsodium() -> None:
-    code = (
-        "import sys; from agent.commands import signing; "
-        "signing.Verifier.from_files([]); print('nacl' in sys.modules)"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    assert done.stdout.strip() == "False"
