@@ -275,4 +275,3 @@ def test_other_private_keys_are_refused(tmp_path: Path, label: str, der: bytes) 
     )
     with pytest.raises(SigningError, match="not an unencrypted PEM private key"):
         Signer.from_file(path)
-
