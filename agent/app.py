@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
 import os
 import signal
 import socket
@@ -276,6 +277,23 @@ def install_signal_handlers(agent: Agent) -> None:
     # death without the retained `offline`.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, on_signal, signum)
+
+
+def preload(settings: Settings) -> None:
+    """Import now the HTTP-speaking parts this configuration runs (they import aiohttp).
+
+    The CLI does this under a deferred CA bundle (see cli._no_ca_bundle_load), so that aiohttp's
+    import-time SSL contexts stay small; `run` would otherwise import them at first use.
+    """
+    names = []
+    if settings.microk8s.backend in ("auto", "snap"):
+        names.append("agent.microk8s.snapd")
+    if settings.http.enabled:
+        names.append("agent.health.endpoint")
+    if settings.ha.enabled:
+        names.append("agent.ha.probes")
+    for name in names:
+        importlib.import_module(name)
 
 
 async def main(settings: Settings) -> str | None:

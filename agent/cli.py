@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from agent import __version__, config, logs
 from agent.errors import AgentError, ConfigError
@@ -39,6 +40,27 @@ def _load(args: argparse.Namespace) -> config.Settings:
     return config.load(args.config or snap_paths.default_config_path())
 
 
+@contextlib.contextmanager
+def _no_ca_bundle_load() -> Iterator[None]:
+    """Import the daemon's modules with OpenSSL's default CA *file* pointed at /dev/null.
+
+    aiohttp builds a verifying SSL context at import time, and loading the system CA bundle into
+    it costs ~1 MiB for the agent's whole life. The daemon never uses that context: every HTTPS
+    request it makes passes its own (the kubeconfig's CA, or unverified for the cluster agent and
+    the probes). The default CA *directory* (looked up lazily, per verification) is left alone,
+    and the variable is restored at once, so contexts built later trust the system CAs as usual.
+    """
+    saved = os.environ.get("SSL_CERT_FILE")
+    os.environ["SSL_CERT_FILE"] = os.devnull
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["SSL_CERT_FILE"]
+        else:
+            os.environ["SSL_CERT_FILE"] = saved
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         settings = _load(args)
@@ -57,7 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     logs.configure(args.log_level or settings.log.level, args.log_format or settings.log.format)
     log = logs.get_logger("agent.cli")
-    from agent import app
+    with _no_ca_bundle_load():
+        from agent import app
+
+        app.preload(settings)
     from agent.link import devbroker
 
     broker = None

@@ -105,3 +105,29 @@ def test_an_ha_node_with_keys_loads_its_backend_and_ha_but_no_libsodium_before_a
     assert not loaded(modules, "agent.microk8s.backends.cli")
     for family in (*NEVER, "nacl", "prometheus_client"):
         assert not loaded(modules, family), family
+
+
+def test_aiohttp_is_imported_without_the_system_ca_bundle(tmp_path: Path) -> None:
+    # What `edge-agent run` does before wiring; then a context built later still trusts the
+    # system CAs (the variable is restored), and aiohttp's own verifying one holds none.
+    code = (
+        "import json, os, ssl, sys\n"
+        "from agent import cli, config\n"
+        f"settings = config.load(None, {{'EDGE_AGENT_STATE_DIR': {str(tmp_path)!r}}})\n"
+        "before = os.environ.get('SSL_CERT_FILE')\n"
+        "with cli._no_ca_bundle_load():\n"
+        "    from agent import app\n"
+        "    app.preload(settings)\n"
+        "import aiohttp.connector\n"
+        "restored = before == os.environ.get('SSL_CERT_FILE')\n"
+        "stores = [aiohttp.connector._SSL_CONTEXT_VERIFIED, ssl.create_default_context()]\n"
+        "print(json.dumps([*(c.cert_store_stats() for c in stores), restored]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    aiohttp_store, later_store, restored = json.loads(done.stdout)
+    assert aiohttp_store["x509_ca"] == 0
+    assert restored is True
+    if Path("/etc/ssl/certs/ca-certificates.crt").exists():  # Debian/Ubuntu's bundle
+        assert later_store["x509_ca"] > 0
