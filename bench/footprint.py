@@ -12,8 +12,11 @@ floor; CPU of the agent's process tree (children included, reaped ones too) as %
 per health message over the window; bytes per health message; resident modules by family at the
 end (dumped by the agent on SIGUSR1 through a small launcher), and whether kubernetes_asyncio was
 one. CPU figures on a shared machine are upper bounds: compare runs made side by side.
+`--starts N` instead starts each profile's agent N times, one at a time, and prints only the
+times to the first health message (median, min, max): start-up is what a loaded machine bends most.
 
     .venv/bin/python -m bench.footprint [--profile minimal,pi] [--interval 10] [--window 120]
+    .venv/bin/python -m bench.footprint --starts 10
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -292,7 +296,29 @@ def _finish(run: Run, cpu_s: float, window_s: float) -> None:
     }
 
 
-async def measure(profiles: list[str], interval: float, window: float) -> dict[str, Any]:
+async def first_health_times(port: int, runs: list[Run], starts: int) -> dict[str, list[float]]:
+    """Start each profile's agent `starts` times, one at a time: seconds to its first health."""
+    times: dict[str, list[float]] = {run.name: [] for run in runs}
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        await client.subscribe("microk8s/#", qos=1)
+        messages = client.messages
+        for _ in range(starts):
+            for run in runs:
+                run.start()
+                async with asyncio.timeout(60):
+                    while (await anext(messages)).topic.value != run.health_topic:
+                        pass
+                times[run.name].append(time.monotonic() - run.started)
+                assert run.process is not None
+                run.process.terminate()
+                run.process.wait(15)
+    return times
+
+
+async def measure(
+    profiles: list[str], interval: float, window: float, starts: int = 0
+) -> dict[str, Any]:
+    """The window's figures; with `starts`, only the times to the first health message."""
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         workdir = Path(tmp)
         port = free_port()
@@ -303,6 +329,8 @@ async def measure(profiles: list[str], interval: float, window: float) -> dict[s
                     await _prepare(stack, name, workdir, port, (interval, window))
                     for name in profiles
                 ]
+                if starts:
+                    return {"starts": await first_health_times(port, runs, starts)}
                 return await _run(port, runs, interval, window)
         finally:
             broker.terminate()
@@ -391,12 +419,22 @@ def main() -> None:
     parser.add_argument("--profile", default=",".join(PROFILES), help="comma-separated")
     parser.add_argument("--interval", type=float, default=10.0, help="health interval, s")
     parser.add_argument("--window", type=float, default=120.0, help="measured window, s")
+    parser.add_argument("--starts", type=int, default=0, help="only time N starts to first health")
     args = parser.parse_args()
     profiles = [name for name in args.profile.split(",") if name]
     unknown = set(profiles) - set(PROFILES)
     if unknown:
         parser.error(f"unknown profile(s) {sorted(unknown)}; choose from {PROFILES}")
-    result = asyncio.run(measure(profiles, args.interval, args.window))
+    result = asyncio.run(measure(profiles, args.interval, args.window, args.starts))
+    if "starts" in result:
+        for name, times in result["starts"].items():
+            ordered = sorted(times)
+            print(
+                f"  [{name}] first health after start, {len(times)} starts: median"
+                f" {statistics.median(ordered):.2f} s, min {ordered[0]:.2f}, max {ordered[-1]:.2f}"
+            )
+        print(json.dumps(result))
+        return
     report(result, args.interval, args.window)
 
 
