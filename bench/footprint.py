@@ -98,6 +98,16 @@ def start_broker(workdir: Path, port: int, max_packet: int = 0) -> subprocess.Po
     raise RuntimeError("mosquitto did not start")
 
 
+def commit() -> str:
+    """The measured tree's commit, for the figure's label (docs name the commit of each figure)."""
+    git = shutil.which("git")
+    if git is None:
+        return "unknown (no git)"
+    argv = [git, "rev-parse", "--short", "HEAD"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "unknown (not a git checkout)"
+
+
 def write_config(workdir: Path, port: int, interval: float, detectors: bool = False) -> Path:
     """The minimal profile's config (also the agent row of bench/peers.py); with `detectors`,
     the health detectors run against a fake MicroK8s node (`fake_microk8s`), else they are off."""
@@ -388,6 +398,7 @@ def report(result: dict[str, Any], interval: float, window: float) -> None:
     floor_pss, floor_rss = result["floor_pss_mib"], result["floor_rss_mib"]
     python = sys.version.split()[0]
     print(f"footprint: health every {interval:g} s, window {window:g} s, python {python}")
+    print(f"  commit {commit()}")
     print(
         f"  floor (bare interpreter of this venv, same run): PSS {floor_pss:.1f} MiB,"
         f" RSS {floor_rss:.1f} MiB"

@@ -39,7 +39,7 @@ from agent import config as agent_config
 from bench import footprint_pi
 from bench import peers_report as report
 from bench import peers_setup as setup
-from bench.footprint import REPO, WARMUP_S, free_port, start_broker, write_config
+from bench.footprint import REPO, WARMUP_S, commit, free_port, start_broker, write_config
 from bench.peers_measure import Seen, listen_mqtt, scrape, tree, tree_cpu_s, tree_memory_mib
 
 INTERVAL_S = 10.0
@@ -270,6 +270,7 @@ def render(peers: list[setup.Peer], figures: dict[str, report.Figures], args) ->
     by_name = {row.name: row for row in rows}
     versions = {row.name: row.version or "n/a" for row in rows}
     versions["broker"] = setup.dpkg_version("mosquitto")
+    versions["commit"] = commit()
     return (
         "## Side-by-side footprint\n\n"
         f"Command: `.venv/bin/python -m bench.peers --window {args.window:g}"
