@@ -2,10 +2,11 @@
 
 A real three-voter dqlite cluster (Debian's `dqlite-demo`, go-dqlite) on 127.0.0.11-13 at free
 ports, named in a `cluster.yaml`/`info.yaml` backend directory the agent reads as on a node; the
-snapd, cluster-agent and Kubernetes API fakes of tests/fakes (snap backend); a Pi sysfs tree from
-tests/fixtures/pi so every health detector has a source; an operator key pair from
-`agent.commands.signing.generate` with the public half trusted. `signed_status` is the one signed
-command the profile runs before it is measured.
+snapd, cluster-agent and Kubernetes API fakes of tests/fakes (snap backend); the HA loop's live
+dqlite view speaks to those voters in plain TCP (`ha.dqlite_tls = false`: dqlite-demo has no
+TLS); a Pi sysfs tree from tests/fixtures/pi so every health detector has a source; an operator
+key pair from `agent.commands.signing.generate` with the public half trusted. `signed_status` is
+the one signed command the profile runs before it is measured.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ async def pi_world(
                 "http": {"port": http_port},
                 "commands": {"trusted_keys": [str(public)]},
                 "microk8s": {**microk8s, "backend_dir": str(backend_dir)},
-                "ha": {"enabled": True, "interval_s": HaSettings().interval_s},
+                # dqlite-demo speaks plain TCP; a node's dqlite speaks TLS (ha.dqlite_tls).
+                "ha": {"enabled": True, "interval_s": HaSettings().interval_s, "dqlite_tls": False},
                 "state": {"dir": str(workdir / "state")},
                 "log": {"format": "json", "level": "warning"},
             }
