@@ -79,6 +79,12 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (10 ms ticks; bench/peers_measure.py has the finer clock)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def start_broker(workdir: Path, port: int, max_packet: int = 0) -> subprocess.Popen[bytes]:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     conf = workdir / "mosquitto.conf"
