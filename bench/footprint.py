@@ -332,9 +332,10 @@ async def first_health_times(port: int, runs: list[Run], starts: int) -> dict[st
 
 
 async def measure(
-    profiles: list[str], interval: float, window: float, starts: int = 0
+    profiles: list[str], interval: float, window: float, starts: int = 0, *, detectors: bool = False
 ) -> dict[str, Any]:
-    """The window's figures; with `starts`, only the times to the first health message."""
+    """The window's figures; with `starts`, only the times to the first health message.
+    `detectors` turns the minimal profile's health detectors on (the pi profile always has them)."""
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         workdir = Path(tmp)
         port = free_port()
@@ -342,7 +343,9 @@ async def measure(
         try:
             async with contextlib.AsyncExitStack() as stack:
                 runs = [
-                    await _prepare(stack, name, workdir, port, (interval, window))
+                    await _prepare(
+                        stack, name, workdir, port, (interval, window), detectors=detectors
+                    )
                     for name in profiles
                 ]
                 if starts:
@@ -359,12 +362,14 @@ async def _prepare(
     workdir: Path,
     port: int,
     timing: tuple[float, float],
+    *,
+    detectors: bool,
 ) -> Run:
     interval, window = timing
     home = workdir / name
     home.mkdir()
     if name == "minimal":
-        config = write_config(home, port, interval)
+        config = write_config(home, port, interval, detectors)
         return Run(name, "microk8s/default/nodes/bench/health", home, config, interval, window)
     from bench import footprint_pi  # pulls in the fakes: only for this profile
 
@@ -435,14 +440,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", default=",".join(PROFILES), help="comma-separated")
     parser.add_argument("--interval", type=float, default=10.0, help="health interval, s")
-    parser.add_argument("--window", type=float, default=120.0, help="measured window, s")
+    parser.add_argument(
+        "--window", "--duration", type=float, default=120.0, help="measured window, s"
+    )
+    parser.add_argument(
+        "--detectors", action="store_true", help="the minimal profile's detectors on (fake node)"
+    )
     parser.add_argument("--starts", type=int, default=0, help="only time N starts to first health")
     args = parser.parse_args()
     profiles = [name for name in args.profile.split(",") if name]
     unknown = set(profiles) - set(PROFILES)
     if unknown:
         parser.error(f"unknown profile(s) {sorted(unknown)}; choose from {PROFILES}")
-    result = asyncio.run(measure(profiles, args.interval, args.window, args.starts))
+    result = asyncio.run(
+        measure(profiles, args.interval, args.window, args.starts, detectors=args.detectors)
+    )
     if "starts" in result:
         for name, times in result["starts"].items():
             ordered = sorted(times)

@@ -118,6 +118,9 @@ async def pi_world(
             write_backend_dir(backend_dir, addresses)
             write_sysfs(workdir / "sysfs")
             _, public = signing.generate("ops-1", workdir)
+            from bench.footprint import fake_microk8s  # bench.footprint imports this module
+
+            node_files = fake_microk8s(workdir, backend_dir=backend_dir)
             defaults = MicroK8sSettings()
             microk8s = env.section(
                 status_interval_s=defaults.status_interval_s,
@@ -127,10 +130,14 @@ async def pi_world(
             yield {
                 "node": {"name": NODE, "cluster": CLUSTER},
                 "mqtt": {"port": broker_port},
-                "health": {"interval_s": 10.0, "sysfs_root": str(workdir / "sysfs")},
+                "health": {
+                    "interval_s": 10.0,
+                    "sysfs_root": str(workdir / "sysfs"),
+                    "detectors_enabled": True,
+                },
                 "http": {"port": http_port},
                 "commands": {"trusted_keys": [str(public)]},
-                "microk8s": {**microk8s, "backend_dir": str(backend_dir)},
+                "microk8s": {**microk8s, **node_files},
                 # dqlite-demo speaks plain TCP; a node's dqlite speaks TLS (ha.dqlite_tls).
                 "ha": {"enabled": True, "interval_s": HaSettings().interval_s, "dqlite_tls": False},
                 "state": {"dir": str(workdir / "state")},

@@ -152,6 +152,8 @@ _DETECTOR_GAUGES = (
 
 def _detector_metrics(health: dict[str, Any]) -> Iterator[Metric]:
     """One figure per detector, plus each detector's status (absent while it is unknown)."""
+    from prometheus_client.core import GaugeMetricFamily  # scrape time
+
     status = GaugeMetricFamily(
         "edge_agent_detector_status",
         "Detector status: 0 ok, 1 degraded, 2 critical",
@@ -177,6 +179,8 @@ def _detector_metrics(health: dict[str, Any]) -> Iterator[Metric]:
 
 
 def _process_metrics(block: dict[str, Any]) -> Iterator[Metric]:
+    from prometheus_client.core import GaugeMetricFamily  # scrape time
+
     restarts = GaugeMetricFamily(
         "edge_agent_microk8s_process_restarts",
         "Restarts of a MicroK8s process within the restart window",
