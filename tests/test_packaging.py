@@ -2,18 +2,23 @@
 
 - snap/snapcraft.yaml against snapcraft's JSON schema (the `$defs` entry for its base);
 - `snap pack --check-skeleton` (snapd's own validator) on a meta/snap.yaml generated from it;
-- every pinned runtime dependency has an aarch64 CPython 3.12 wheel on PyPI (a Pi never compiles);
+- every pinned runtime dependency has an aarch64 CPython 3.12 wheel on PyPI (a Pi never compiles),
+  hashed (pip's hash-checking mode), and the hashes are those of the files PyPI serves;
 - systemd/edge-agent.service: exposure score <= 2.0 and a silent `systemd-analyze verify`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
 import stat
 import subprocess
 import sys
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,10 @@ import jsonschema
 import pytest
 import yaml
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+from packaging.utils import canonicalize_name, parse_wheel_filename
+from pip._internal.network.session import PipSession
+from pip._internal.req.constructors import install_req_from_parsed_requirement
+from pip._internal.req.req_file import parse_requirements
 
 from tests import pins
 from tests.paths import FIXTURES, REPO
@@ -181,14 +189,49 @@ def test_hooks_and_scripts_are_executable_shell() -> None:
 # -- pinned requirements and wheels ---------------------------------------------------------------
 
 
-def pinned() -> dict[str, str]:
-    found: dict[str, str] = {}
-    for line in REQUIREMENTS.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, sep, version = line.partition("==")
-            assert sep, f"not pinned: {line!r}"
-            found[canonicalize_name(name)] = version.strip()
+@dataclass(frozen=True)
+class Pin:
+    version: str
+    hashes: tuple[str, ...]
+    files: dict[str, str]
+    """sha256 prefix (12 hex) -> the file name in the comment after the pin's hashes."""
+
+
+def hash_notes(text: str) -> dict[str, dict[str, str]]:
+    """The comments naming each hash's file, per pin (pip ignores them)."""
+    notes: dict[str, dict[str, str]] = {}
+    current = ""
+    for line in text.splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            current = canonicalize_name(line.split("==")[0])
+            notes[current] = {}
+        elif match := pins.HASH_NOTE.match(line):
+            notes[current][match["prefix"]] = match["filename"]
+    return notes
+
+
+def read_pins(path: Path) -> dict[str, Pin]:
+    """The requirements file as pip reads it: pip's own parser, the one snapcraft runs."""
+    with warnings.catch_warnings():
+        # pip's user agent scans the installed distributions with its vendored pkg_resources.
+        warnings.filterwarnings("ignore", "pkg_resources is deprecated", DeprecationWarning)
+        session = PipSession()
+    notes = hash_notes(path.read_text())
+    found: dict[str, Pin] = {}
+    for parsed in parse_requirements(str(path), session=session):
+        requirement = install_req_from_parsed_requirement(parsed)
+        assert requirement.req is not None and not requirement.editable, parsed.requirement
+        assert requirement.is_pinned, f"not pinned: {parsed.requirement!r}"
+        hashes = (parsed.options or {}).get("hashes", {})
+        assert set(hashes) == {"sha256"}, f"{parsed.requirement}: sha256 hashes only, got {hashes}"
+        name = canonicalize_name(requirement.req.name)
+        (specifier,) = requirement.req.specifier
+        found[name] = Pin(specifier.version, tuple(hashes["sha256"]), notes.get(name, {}))
     return found
+
+
+def pinned() -> dict[str, str]:
+    return {name: pin.version for name, pin in read_pins(REQUIREMENTS).items()}
 
 
 def test_requirements_pin_every_runtime_dependency() -> None:
@@ -202,15 +245,105 @@ def test_requirements_pin_every_runtime_dependency() -> None:
     assert canonicalize_name(project.name) not in pins_by_name
 
 
-def test_every_pin_has_an_aarch64_wheel_for_python_312(tmp_path: Path) -> None:
+def test_every_pin_is_hashed_for_an_aarch64_and_an_x86_64_wheel() -> None:
+    # Issue 11: hashed pins. pip's parser reads the file (read_pins asserts pinned, sha256 only);
+    # each hash is named by the comment after it, and those names say which platforms it serves.
+    found = read_pins(REQUIREMENTS)
+    assert found
+    for name, pin in found.items():
+        assert pin.hashes, f"{name}: no --hash, so pip would refuse the whole file"
+        assert all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in pin.hashes), name
+        assert sorted(pin.files) == sorted(digest[:12] for digest in pin.hashes), (
+            f"{name}: every hash, and only those, needs the comment naming its file"
+        )
+        for filename in pin.files.values():
+            wheel_name, wheel_version, _build, _tags = parse_wheel_filename(filename)
+            assert (wheel_name, str(wheel_version)) == (name, pin.version), filename
+        for arch in pins.SNAP_ARCHES:
+            assert any(pins.serves(f, arch) for f in pin.files.values()), f"{name}: none for {arch}"
+
+
+def test_the_snap_wheel_selection() -> None:
+    aarch64 = "x-1.0-cp312-cp312-manylinux2014_aarch64.manylinux_2_17_aarch64.whl"
+    x86_64 = "x-1.0-cp312-cp312-manylinux_2_28_x86_64.whl"
+    cases = {
+        aarch64: {"aarch64"},
+        x86_64: {"x86_64"},
+        "x-1.0-cp38-abi3-manylinux_2_34_aarch64.whl": {"aarch64"},
+        "x-1.0-py3-none-any.whl": {"aarch64", "x86_64"},
+        "x-1.0-py2.py3-none-any.whl": {"aarch64", "x86_64"},
+        "x-1.0-cp311-cp311-manylinux2014_aarch64.whl": set(),  # another Python
+        "x-1.0-cp312-cp312-musllinux_1_2_aarch64.whl": set(),  # core24 is glibc
+        "x-1.0-cp312-cp312-manylinux_2_40_aarch64.whl": set(),  # newer than core24's glibc
+        "x-1.0-cp312-cp312-linux_armv7l.whl": set(),
+        "x-1.0.tar.gz": set(),
+    }
+    for filename, arches in cases.items():
+        assert {arch for arch in pins.SNAP_ARCHES if pins.serves(filename, arch)} == arches, (
+            filename
+        )
+    pure = "x-1.0-py3-none-any.whl"
+    others = [
+        "x-1.0-cp311-cp311-manylinux2014_aarch64.whl",
+        "x-0.9-py3-none-any.whl",
+        "x-1.0.tar.gz",
+    ]
+
+    def chosen(*names: str) -> list[str]:
+        files = [pins.Wheel(name, f"{n:064x}") for n, name in enumerate((*names, *others))]
+        return [wheel.filename for wheel in pins.wheels_for_snap("X", "1.0", files)]
+
+    # The pure fallback only where no wheel is built for the platform.
+    assert chosen(aarch64, x86_64, pure) == sorted([aarch64, x86_64])
+    assert chosen(aarch64, pure) == sorted([aarch64, pure])
+    assert chosen(pure) == [pure]
+    assert chosen() == []
+
+
+def test_render_refuses_a_pin_without_an_aarch64_wheel(monkeypatch: pytest.MonkeyPatch) -> None:
+    def index(name: str) -> list[pins.Wheel]:
+        version = metadata.version(name)
+        stem = f"{name.replace('-', '_')}-{version}-cp312-cp312"
+        return [pins.Wheel(f"{stem}-manylinux_2_17_x86_64.whl", "ab" * 32)]
+
+    with pytest.raises(LookupError, match=r"no wheel for CPython 3.12 on aarch64"):
+        pins.render(index)
+
+
+def test_rendered_pins_read_back_through_pip(tmp_path: Path) -> None:
+    wheels = [
+        pins.Wheel("x-1.0-cp312-cp312-manylinux2014_aarch64.whl", "a" * 64),
+        pins.Wheel("x-1.0-py3-none-any.whl", "b" * 64),
+    ]
+    path = tmp_path / "requirements.txt"
+    path.write_text(pins.HEADER + pins.render_pin("x", "1.0", wheels) + "\n")
+    pin = read_pins(path)["x"]
+    assert pin.version == "1.0"
+    assert pin.hashes == ("a" * 64, "b" * 64)
+    assert pin.files == {"a" * 12: wheels[0].filename, "b" * 12: wheels[1].filename}
+
+
+@pytest.mark.parametrize("arch", pins.SNAP_ARCHES)
+def test_every_pin_downloads_as_the_hashed_wheel_for_python_312(tmp_path: Path, arch: str) -> None:
     # Network: PyPI must answer. Unreachable is a failure, not a skip: the snap build needs it.
+    # The file's hashes put pip in hash-checking mode, so a mismatch already fails the download;
+    # the digests are then checked again here, with the file each one is said to be.
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    target = ["--platform", "manylinux2014_aarch64", "--python-version", "3.12"]
+    target = ["--platform", f"manylinux2014_{arch}", "--python-version", "3.12"]
     files = ["-d", str(tmp_path), "-r", str(REQUIREMENTS)]
     result = run([*pip, "download", "--only-binary=:all:", "--no-deps", *target, *files])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    wheels = {canonicalize_name(p.name.split("-")[0]) for p in tmp_path.glob("*.whl")}
-    assert wheels == set(pinned())
+    found = read_pins(REQUIREMENTS)
+    wheels = list(tmp_path.glob("*.whl"))
+    assert {canonicalize_name(p.name.split("-")[0]) for p in wheels} == set(found)
+    for wheel in wheels:
+        pin = found[canonicalize_name(wheel.name.split("-")[0])]
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        assert digest in pin.hashes, f"{wheel.name}: {digest} is not pinned"
+        assert pin.files[digest[:12]] == wheel.name
+        assert pins.serves(wheel.name, arch), wheel.name
+        built = [f for f in pin.files.values() if pins.serves(f, arch) and not pins.is_pure(f)]
+        assert not built or wheel.name in built, f"{wheel.name}: the pure fallback, not {built}"
 
 
 # -- systemd -------------------------------------------------------------------------------------
