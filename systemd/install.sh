@@ -26,8 +26,19 @@ if ! python3 -m venv --help >/dev/null 2>&1; then
 fi
 [ -x "$PREFIX/bin/python" ] || python3 -m venv "$PREFIX"
 "$PREFIX/bin/pip" install --quiet --disable-pip-version-check --upgrade pip
-# The pins of the snap, so both packagings run the same, tested versions.
-"$PREFIX/bin/pip" install --quiet --disable-pip-version-check -r snap/requirements.txt .
+# The pins of the snap, so both packagings run the same, tested versions. Their hashes are those
+# of the snap's wheels (CPython 3.12 on aarch64/x86_64, docs/packaging.md): pip checks them where
+# this venv matches; elsewhere (Raspberry Pi OS bookworm has 3.11) only the versions are kept.
+pins=snap/requirements.txt
+if ! "$PREFIX/bin/python" -c 'import platform, sys
+sys.exit(sys.version_info[:2] != (3, 12) or platform.machine() not in ("aarch64", "x86_64"))'; then
+    pins=$(mktemp)
+    trap 'rm -f "$pins"' EXIT
+    sed -n 's/^\([A-Za-z0-9._-]*==[^ \\]*\).*/\1/p' snap/requirements.txt > "$pins"
+fi
+"$PREFIX/bin/pip" install --quiet --disable-pip-version-check -r "$pins"
+# Apart: a hashed requirements file makes pip refuse an unhashed directory in the same command.
+"$PREFIX/bin/pip" install --quiet --disable-pip-version-check .
 
 if ! id "$SERVICE_USER" >/dev/null 2>&1; then
     useradd --system --user-group --no-create-home --home-dir /var/lib/edge-agent \

@@ -323,6 +323,23 @@ def test_rendered_pins_read_back_through_pip(tmp_path: Path) -> None:
     assert pin.files == {"a" * 12: wheels[0].filename, "b" * 12: wheels[1].filename}
 
 
+def test_install_sh_keeps_the_pinned_versions_without_the_hashes() -> None:
+    # systemd/install.sh on a Python other than the snap's (Raspberry Pi OS bookworm: 3.11) drops
+    # the hashes, which name cp312 wheels, and keeps the versions with this sed expression. pip
+    # refuses a directory (`.`) in the same command as a hashed file, so they are two installs.
+    script = (REPO / "systemd" / "install.sh").read_text()
+    strip = re.search(r"^\s*(sed -n '[^']+') snap/requirements\.txt", script, re.M)
+    assert strip, "install.sh no longer strips the hashes for other Pythons"
+    result = run(["sh", "-c", f"{strip[1]} {REQUIREMENTS}"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"{name}=={version}" for name, version in pinned().items()
+    ]
+    installs = [line for line in script.splitlines() if '/bin/pip" install' in line]
+    assert len(installs) == 3, installs  # pip itself, the pins, the project
+    assert not [line for line in installs if " -r " in line and line.endswith(" .")]
+
+
 @pytest.mark.parametrize("arch", pins.SNAP_ARCHES)
 def test_every_pin_downloads_as_the_hashed_wheel_for_python_312(tmp_path: Path, arch: str) -> None:
     # Network: PyPI must answer. Unreachable is a failure, not a skip: the snap build needs it.
