@@ -300,7 +300,7 @@ def test_the_snap_wheel_selection() -> None:
     assert chosen() == []
 
 
-def test_render_refuses_a_pin_without_an_aarch64_wheel(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_render_refuses_a_pin_without_an_aarch64_wheel() -> None:
     def index(name: str) -> list[pins.Wheel]:
         version = metadata.version(name)
         stem = f"{name.replace('-', '_')}-{version}-cp312-cp312"
