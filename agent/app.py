@@ -18,6 +18,7 @@ import importlib
 import os
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,6 +154,7 @@ class Agent:
         finally:
             if self._deadline is not None:
                 self._deadline.cancel()
+            await _close_kube_sessions()
 
     def arm_shutdown_deadline(self, why: str) -> None:
         """Exit the process with EXIT_LINGERED unless the shutdown ends within the deadline."""
@@ -294,6 +296,14 @@ def preload(settings: Settings) -> None:
         names.append("agent.ha.probes")
     for name in names:
         importlib.import_module(name)
+
+
+async def _close_kube_sessions() -> None:
+    # The Kubernetes client is loaded only by the snap backend or the HA checks; a node that
+    # never needed it must not import it (and aiohttp with it) just to close nothing.
+    kubeapi = sys.modules.get("agent.microk8s.kubeapi")
+    if kubeapi is not None:
+        await kubeapi.close_shared()
 
 
 async def main(settings: Settings) -> str | None:

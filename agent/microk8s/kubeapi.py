@@ -186,6 +186,14 @@ def _shared_api(path: Path, key: tuple[int, int]) -> KubeApi:
     return api
 
 
+async def close_shared() -> None:
+    """Close every kept-alive session this process opened (the agent's bounded shutdown)."""
+    apis = [api for _, api in _SHARED.values()]
+    _SHARED.clear()
+    for api in apis:
+        await api.close()
+
+
 class KubeconfigWatch:
     """The API client for a kubeconfig file, rebuilt when the file changes (a join replaces
     the CA and the credentials; the content interface may be connected after start).
