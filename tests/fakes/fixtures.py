@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from agent.microk8s import kubeapi
 from agent.microk8s.backends.snap import SnapBackend
 from agent.settings import MicroK8sSettings
 from tests.fakes.clusteragent import FakeClusterAgent
@@ -88,6 +89,8 @@ async def started_snap_env(tmp_path: Path) -> AsyncIterator[SnapEnv]:
     try:
         yield SnapEnv(snapd, cluster_agent, kube, credentials, settings)
     finally:
+        # Backends built on these fakes share the process-wide kept-alive Kubernetes sessions.
+        await kubeapi.close_shared()
         for fake in (snapd, cluster_agent, kube):
             await fake.stop()
         shutil.rmtree(socket_dir, ignore_errors=True)
