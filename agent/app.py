@@ -284,7 +284,7 @@ def install_signal_handlers(agent: Agent) -> None:
 def preload(settings: Settings) -> None:
     """Import now the HTTP-speaking parts this configuration runs (they import aiohttp).
 
-    The CLI does this under a deferred CA bundle (see cli._no_ca_bundle_load), so that aiohttp's
+    The CLI does this under cli._lean_imports (no CA bundle, no MIME table), so that aiohttp's
     import-time SSL contexts stay small; `run` would otherwise import them at first use.
     """
     names = []

@@ -41,20 +41,31 @@ def _load(args: argparse.Namespace) -> config.Settings:
 
 
 @contextlib.contextmanager
-def _no_ca_bundle_load() -> Iterator[None]:
-    """Import the daemon's modules with OpenSSL's default CA *file* pointed at /dev/null.
+def _lean_imports() -> Iterator[None]:
+    """Import the daemon's modules with OpenSSL's default CA *file* pointed at /dev/null, and
+    without the system's MIME type table.
 
     aiohttp builds a verifying SSL context at import time, and loading the system CA bundle into
     it costs ~1 MiB for the agent's whole life. The daemon never uses that context: every HTTPS
     request it makes passes its own (the kubeconfig's CA, or unverified for the cluster agent and
     the probes). The default CA *directory* (looked up lazily, per verification) is left alone,
     and the variable is restored at once, so contexts built later trust the system CAs as usual.
+
+    aiohttp.web also builds a `mimetypes.MimeTypes()` at import (for static files), which reads
+    /etc/mime.types into the module's tables: ~0.4 MiB of dicts, again for life. The daemon
+    serves JSON and metrics only and guesses no type, so the import sees no system files
+    (Python's built-in table stays); `mimetypes.knownfiles` is restored at once.
     """
+    import mimetypes
+
     saved = os.environ.get("SSL_CERT_FILE")
+    saved_files = mimetypes.knownfiles
     os.environ["SSL_CERT_FILE"] = os.devnull
+    mimetypes.knownfiles = []
     try:
         yield
     finally:
+        mimetypes.knownfiles = saved_files
         if saved is None:
             del os.environ["SSL_CERT_FILE"]
         else:
@@ -79,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     logs.configure(args.log_level or settings.log.level, args.log_format or settings.log.format)
     log = logs.get_logger("agent.cli")
-    with _no_ca_bundle_load():
+    with _lean_imports():
         from agent import app
 
         app.preload(settings)

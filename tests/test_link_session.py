@@ -74,6 +74,21 @@ async def test_subscribed_before_birth(tmp_path: Path, make_broker: Callable[...
     assert [m.payload for m in heard] == [b"hello"]
 
 
+async def test_idle_link_keeps_alive(tmp_path: Path, make_broker: Callable[..., Broker]) -> None:
+    """An idle link pings within its keepalive (paho's bookkeeping now runs every keepalive/4,
+    not every second) and the broker, which drops a client silent for 1.5 x keepalive, keeps it.
+    """
+    broker = make_broker("log_type all\n")
+    link = make_link(tmp_path, broker.host, broker.port)  # keepalive 5 s
+    client = f"edge-agent-{TOPICS.cluster}-{TOPICS.node}"
+    async with running(link):
+        await until(lambda: link.connected)
+        await until(lambda: f"Received PINGREQ from {client}" in broker.log_path.read_text())
+        await asyncio.sleep(1.5 * 5 + 0.5 - 5)  # past the broker's limit since the birth
+        assert link.connected and link.session == 1
+    assert "disconnected, keepalive" not in broker.log_path.read_text().lower()
+
+
 async def test_poison_message_dropped_after_bounded_retries(
     tmp_path: Path, make_broker: Callable[..., Broker]
 ) -> None:

@@ -110,16 +110,20 @@ def test_an_ha_node_with_keys_loads_its_backend_and_ha_but_no_libsodium_before_a
 def test_aiohttp_is_imported_without_the_system_ca_bundle(tmp_path: Path) -> None:
     # What `edge-agent run` does before wiring; then a context built later still trusts the
     # system CAs (the variable is restored), and aiohttp's own verifying one holds none.
+    # Likewise aiohttp.web's import does not load /etc/mime.types (Debian's names .deb).
     code = (
-        "import json, os, ssl, sys\n"
+        "import json, mimetypes, os, ssl, sys\n"
+        "files = list(mimetypes.knownfiles)\n"
         "from agent import cli, config\n"
         f"settings = config.load(None, {{'EDGE_AGENT_STATE_DIR': {str(tmp_path)!r}}})\n"
         "before = os.environ.get('SSL_CERT_FILE')\n"
-        "with cli._no_ca_bundle_load():\n"
+        "with cli._lean_imports():\n"
         "    from agent import app\n"
         "    app.preload(settings)\n"
         "import aiohttp.connector\n"
-        "restored = before == os.environ.get('SSL_CERT_FILE')\n"
+        "restored = before == os.environ.get('SSL_CERT_FILE') and files == mimetypes.knownfiles\n"
+        "assert mimetypes.inited\n"  # aiohttp.web did initialise the tables, without the files
+        "restored = restored and '.deb' not in mimetypes.types_map\n"
         "stores = [aiohttp.connector._SSL_CONTEXT_VERIFIED, ssl.create_default_context()]\n"
         "print(json.dumps([*(c.cert_store_stats() for c in stores), restored]))\n"
     )
