@@ -203,6 +203,7 @@ class Agent:
             alive=lambda: not self._dead_tasks(),
             status=lambda: systemd_notify.link_status(self.link.connected, self.link.session),
             stopping=self.stop_requested,
+            changed=self.link.changed,
         )
 
     def request_restart(self, reason: str) -> None:

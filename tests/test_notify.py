@@ -3,6 +3,8 @@ Type=notify service (READY before the broker, STATUS on connect, WATCHDOG pings,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 import socket
 import time
@@ -121,6 +123,41 @@ def test_a_failed_send_is_reported_not_raised(tmp_path: Path) -> None:
 def _service_env(listener: Listener, watchdog_usec: int = 200_000) -> dict[str, str]:
     # WATCHDOG_PID is left out: systemd sets it to the main pid, which we do not know yet.
     return {"NOTIFY_SOCKET": listener.env_value, "WATCHDOG_USEC": str(watchdog_usec)}
+
+
+async def test_status_follows_changes_without_polling(listener: Listener) -> None:
+    """With `changed`, status() is looked at on a change, a stop or a watchdog ping only."""
+    notifier = systemd_notify.Notifier({"NOTIFY_SOCKET": listener.env_value})  # no watchdog
+    text, looks = ["disconnected, session 0"], []
+
+    def status() -> str:
+        looks.append(text[0])
+        return text[0]
+
+    stopping, changed = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        notifier.run(alive=lambda: True, status=status, stopping=stopping, changed=changed)
+    )
+    await asyncio.sleep(systemd_notify.STATUS_POLL_S * 1.5)  # a poller would have looked again
+    assert looks == ["disconnected, session 0"]
+    text[0] = "connected, session 1"
+    changed.set()
+    await asyncio.sleep(0.2)
+    assert looks == ["disconnected, session 0", "connected, session 1"]
+    stopping.set()
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    listener.wait_for(has("STOPPING=1"), timeout_s=5)
+    sent = [field for fields in listener.messages for field in fields]
+    assert sent == [
+        "READY=1",
+        "STATUS=disconnected, session 0",
+        "STATUS=connected, session 1",
+        "STOPPING=1",
+        "STATUS=stopping",
+    ]
 
 
 def test_agent_notifies_ready_status_watchdog_and_stopping(

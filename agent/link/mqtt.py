@@ -175,6 +175,9 @@ class Link:
         self._last_session = self._load_session()
         self.session = 0
         self.connected = False
+        self.changed = asyncio.Event()
+        """Set whenever `connected` or `session` changes; its one reader (the systemd STATUS=
+        line) clears it."""
         self.ever_connected = False
         self.published_total = 0
         self.publish_failures_total = 0
@@ -356,6 +359,7 @@ class Link:
             finally:
                 self._client = None
                 self.connected = False
+                self.changed.set()
             if self._stop.is_set():
                 break
             if self._lasted(time.monotonic()):
@@ -477,6 +481,7 @@ class Link:
             await self._subscribe(client, topic_filter, qos)
         await self._send(client, self._birth())
         self.connected = True
+        self.changed.set()
         await self._flush_outbox(client)
         for hook in self._connect_hooks:
             await hook()

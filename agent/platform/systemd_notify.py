@@ -9,7 +9,6 @@ once and ignored: notifying is a courtesy to the service manager, never a reason
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
@@ -78,22 +77,34 @@ class Notifier:
         return True
 
     async def run(
-        self, *, alive: Callable[[], bool], status: Callable[[], str], stopping: asyncio.Event
+        self,
+        *,
+        alive: Callable[[], bool],
+        status: Callable[[], str],
+        stopping: asyncio.Event,
+        changed: asyncio.Event | None = None,
     ) -> None:
         """Root task: READY=1 at once, STATUS= on change, WATCHDOG=1 while `alive()`,
         STOPPING=1 when `stopping` is set; then it waits to be cancelled with its siblings.
 
-        READY=1 does not wait for the broker: a broker outage at boot must not fail the unit.
+        With `changed` (set by whoever changes what `status()` says; cleared here), the task
+        sleeps until a change, a stop or the next watchdog ping: every 15 s under the unit's
+        WatchdogSec=30s instead of every second. Without it, `status()` is polled every
+        STATUS_POLL_S. READY=1 does not wait for the broker: a broker outage at boot must not
+        fail the unit.
         """
         last = status()
         self.send("READY=1", f"STATUS={last}")
         log.info("sd_notify_ready", watchdog_s=self.watchdog_s)
         last_ping = time.monotonic()
-        tick = min(STATUS_POLL_S, self.watchdog_s or STATUS_POLL_S)
+        if changed is None:
+            tick: float | None = min(STATUS_POLL_S, self.watchdog_s or STATUS_POLL_S)
+        else:
+            tick = self.watchdog_s
         while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(tick):  # not wait_for: see HealthMonitor.run
-                    await stopping.wait()
+            await _first_of(stopping, changed, tick)
+            if changed is not None:
+                changed.clear()
             now_status = status()
             if now_status != last:
                 last = now_status
@@ -104,3 +115,18 @@ class Notifier:
                 last_ping = time.monotonic()
         self.send("STOPPING=1", "STATUS=stopping")
         await asyncio.Event().wait()
+
+
+async def _first_of(
+    stopping: asyncio.Event, changed: asyncio.Event | None, tick: float | None
+) -> None:
+    """Until either event is set or `tick` seconds pass (None: no time limit)."""
+    waiters = [asyncio.ensure_future(stopping.wait())]
+    if changed is not None:
+        waiters.append(asyncio.ensure_future(changed.wait()))
+    try:
+        # asyncio.wait, not wait_for: it never swallows a cancellation (see HealthMonitor.run).
+        await asyncio.wait(waiters, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
