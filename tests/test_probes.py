@@ -41,6 +41,21 @@ async def test_probe_all_sees_each_listener(tmp_path: Path, block: str) -> None:
     }
 
 
+async def test_the_live_view_answers_for_the_raft_port(tmp_path: Path, block: str) -> None:
+    """With the live view's answer the raft port is not dialled; the other probes still run."""
+    full = await FakeMember(f"{block}.2", self_signed(tmp_path)).start()
+    silent = f"{block}.4:19001"  # nothing listens there
+    try:
+        members = [Member(full.address, "voter"), Member(silent, "voter")]
+        found = await probes.probe_all(members, 1.0, live={silent})
+    finally:
+        await full.stop()
+    assert found == {
+        full.address: MemberProbe(dqlite=False, apiserver=True, cluster_agent=True),
+        silent: MemberProbe(dqlite=True, apiserver=False, cluster_agent=False),
+    }
+
+
 async def test_a_closed_dqlite_listener_is_seen_at_once(tmp_path: Path, block: str) -> None:
     member = await FakeMember(f"{block}.5", self_signed(tmp_path)).start()
     try:

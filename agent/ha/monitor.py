@@ -215,13 +215,13 @@ class HaMonitor:
         live = await self._live_view(files)
         members = reconcile.live_membership(files, live) if live and live.answered else files
         timeout = self._ha.probe_timeout_s
+        answered = live.metadata if live is not None and live.answered else None
         found, ready, kube = await asyncio.gather(
-            probes.probe_all(members.members, timeout), self._ask_readyz(), self._ask_kube()
+            probes.probe_all(members.members, timeout, answered),
+            self._ask_readyz(),
+            self._ask_kube(),
         )
         names = self._names(members)
-        if live is not None and live.answered:
-            # A dqlite round trip beats a TCP connect: a hung dqlite still accepts connections.
-            found = {a: dataclasses.replace(p, dqlite=a in live.metadata) for a, p in found.items()}
         self._flags[self._settings.node.name] = self._risk_flags(self._state.last_health)
         return quorum.Observation(
             node=self._settings.node.name,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import aiohttp
 import psutil
@@ -60,25 +60,43 @@ async def cluster_agent_ok(session: aiohttp.ClientSession, host: str, timeout_s:
 
 
 async def probe_member(
-    session: aiohttp.ClientSession, member: Member, timeout_s: float
+    session: aiohttp.ClientSession, member: Member, timeout_s: float, dqlite: bool | None = None
 ) -> MemberProbe:
-    dqlite, apiserver, agent = await asyncio.gather(
-        tcp_open(member.host, member.port, timeout_s),
+    """The three probes; `dqlite` given (the live view's answer) replaces the raft port's."""
+    raft = tcp_open(member.host, member.port, timeout_s) if dqlite is None else _known(dqlite)
+    dqlite_ok, apiserver, agent = await asyncio.gather(
+        raft,
         tcp_open(member.host, APISERVER_PORT, timeout_s),
         cluster_agent_ok(session, member.host, timeout_s),
     )
-    return MemberProbe(dqlite=dqlite, apiserver=apiserver, cluster_agent=agent)
+    return MemberProbe(dqlite=dqlite_ok, apiserver=apiserver, cluster_agent=agent)
 
 
-async def probe_all(members: Iterable[Member], timeout_s: float) -> dict[str, MemberProbe]:
-    """Probe every member at once; the round takes about timeout_s at worst. Never raises."""
+async def _known(value: bool) -> bool:
+    return value
+
+
+async def probe_all(
+    members: Iterable[Member], timeout_s: float, live: Collection[str] | None = None
+) -> dict[str, MemberProbe]:
+    """Probe every member at once; the round takes about timeout_s at worst. Never raises.
+
+    `live`: the addresses that answered over the dqlite wire protocol this round, when the live
+    view answered. A dqlite round trip beats a TCP connect (a hung dqlite still accepts
+    connections), so then the raft port is not dialled: one connection less per member a round.
+    """
     listed = list(members)
     if not listed:
         return {}
     connector = aiohttp.TCPConnector(ssl=False, force_close=True, limit=0)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        results = await asyncio.gather(*(probe_member(session, m, timeout_s) for m in listed))
+        results = await asyncio.gather(
+            *(
+                probe_member(session, m, timeout_s, None if live is None else m.address in live)
+                for m in listed
+            )
+        )
     return {m.address: r for m, r in zip(listed, results, strict=True)}
 
 
