@@ -295,7 +295,7 @@ def test_pretty_external_etcd_has_no_dqlite_members() -> None:
         "microk8s is running\n"
         "high-availability: no\n"
         "  datastore endpoints:\n"
-        "    10.0.0.5:12379\n"
+        "    127.0.0.5:12379\n"
         "addons:\n"
         "  enabled:\n"
         "    dns                  # (core) CoreDNS\n"

@@ -1,4 +1,4 @@
-"""A clone of the repository alone collects and runs its tests: nothing reaches `../shared`."""
+"""A clone of the repository alone collects and runs its tests: nothing reads the shared folder."""
 
 from __future__ import annotations
 
